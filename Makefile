@@ -1,0 +1,35 @@
+# Two entry points (see README): `make demo` and `make test`. Both create or reuse .venv,
+# install torch==2.13.0 first (the CPU wheel; a bare `torch` pulls GBs of CUDA packages),
+# then the project with its dev extra.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup demo test data bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+# Fashion-MNIST ships as a Debian package (raw IDX files); tests that need it skip without it.
+data:
+	@test -f $(FASHION_MNIST) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+	      || echo "warning: could not install dataset-fashion-mnist; data tests will skip"; \
+	  else echo "note: run 'sudo apt-get install dataset-fashion-mnist' for the data tests"; fi; }
+
+demo: setup data
+	$(VENV)/bin/hetsched demo
+
+test: setup data
+	$(PY) -m pytest -q
+
+bench: setup data
+	$(VENV)/bin/hetsched bench

@@ -1,0 +1,1 @@
+"""executors package (public names re-exported here)."""

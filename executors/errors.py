@@ -1,0 +1,20 @@
+"""Errors of the executors package."""
+from __future__ import annotations
+
+from graphs.errors import HetschedError
+
+
+class ExecutorError(HetschedError):
+    """An executor failed to load or run a partition."""
+
+
+class DeviceSpecError(HetschedError, ValueError):
+    """A device, link or cluster specification is invalid; the message names the field."""
+
+
+class ProfileError(DeviceSpecError):
+    """A device profile file is malformed or incomplete; the message names the field and file."""
+
+
+class DeviceUnavailableError(ExecutorError):
+    """The requested real device (cuda, npu) is not present or its backend is not installed."""

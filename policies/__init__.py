@@ -1,0 +1,1 @@
+"""policies package (public names re-exported here)."""

@@ -1,0 +1,139 @@
+"""The cost-model interface policies see, and helpers shared by every cost model.
+
+A policy never reads device specs or node attributes directly: it asks a
+:class:`CostModel` how long a node takes on a device and how long an edge's data takes to
+move between two devices. So the same policy runs on a real model's op graph (roofline
+model from device specs) and on an abstract task graph (related machines, or a table of
+times as in the scheduling papers).
+
+Concrete models live beside this file: ``policies.roofline.RooflineCostModel``,
+``policies.abstract.RelatedMachines`` and ``TableCostModel``,
+``policies.calibrated.CalibratedCostModel``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Hashable, Iterable, Sequence
+
+import networkx as nx
+import numpy as np
+
+from .errors import CostModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .plan import Plan
+
+
+class CostModel(ABC):
+    """Time of a node on a device, time of an edge's transfer, and energy.
+
+    Subclasses implement :meth:`node_time` and :meth:`edge_time`; everything else has a
+    default built on those two. Times are in seconds (or the abstract unit of a task
+    graph's ``cost`` attribute: the model does not care, as long as it is consistent).
+    """
+
+    #: Device names this model can price, in the order used by :meth:`time_matrix`.
+    devices: tuple[str, ...] = ()
+
+    @abstractmethod
+    def node_time(self, graph: nx.DiGraph, node: Hashable, device: str) -> float:
+        """Seconds node ``node`` of ``graph`` runs on ``device``."""
+
+    @abstractmethod
+    def edge_time(self, graph: nx.DiGraph, u: Hashable, v: Hashable, src: str, dst: str) -> float:
+        """Seconds to move the data of edge ``u -> v`` from ``src`` to ``dst``; 0 when equal."""
+
+    def transfer_time(self, nbytes: float, src: str, dst: str) -> float:
+        """Seconds to move ``nbytes`` from ``src`` to ``dst``; 0 when equal.
+
+        Models that price edges without sizes (tables) raise :class:`CostModelError`.
+        """
+        raise CostModelError(f"{type(self).__name__} prices edges, not byte counts")
+
+    def supports(self, graph: nx.DiGraph, node: Hashable, device: str) -> bool:
+        """Whether ``device`` can run ``node`` at all (op kinds it lacks, ...)."""
+        return True
+
+    def power(self, device: str) -> tuple[float, float] | None:
+        """(active, idle) watts of ``device``, or None when the model knows no power."""
+        return None
+
+    def node_memory(self, graph: nx.DiGraph, node: Hashable) -> float:
+        """Bytes a node keeps resident on its device: parameters plus its output.
+
+        Reads the op-graph attributes ``param_bytes`` and ``bytes_out`` (0 when absent, as
+        in abstract task graphs, which then never hit a memory limit).
+        """
+        a = graph.nodes[node]
+        return float(a.get("param_bytes", 0)) + float(a.get("bytes_out", 0))
+
+    # ------------------------------------------------------------ derived views
+    def time_matrix(self, graph: nx.DiGraph, nodes: Sequence[Hashable] | None = None,
+                    devices: Sequence[str] | None = None) -> np.ndarray:
+        """``T[i, j]`` = time of ``nodes[i]`` on ``devices[j]`` (``inf`` where unsupported).
+
+        Example:
+            >>> from policies.abstract import TableCostModel
+            >>> import networkx as nx
+            >>> g = nx.DiGraph(); g.add_node("a")
+            >>> TableCostModel({"a": {"x": 1.0, "y": 2.0}}, {}).time_matrix(g).tolist()
+            [[1.0, 2.0]]
+        """
+        nodes = list(graph.nodes) if nodes is None else list(nodes)
+        devices = list(self.devices if devices is None else devices)
+        T = np.empty((len(nodes), len(devices)))
+        for i, n in enumerate(nodes):
+            for j, d in enumerate(devices):
+                T[i, j] = self.node_time(graph, n, d) if self.supports(graph, n, d) else np.inf
+        return T
+
+    def energy(self, graph: nx.DiGraph, plan: "Plan") -> float | None:
+        """Joules of one request under ``plan``: active power over each device's busy time
+        plus idle power over the rest of the makespan, for the devices the plan uses.
+
+        Returns None when the model knows no power for some used device.
+        """
+        return plan_energy(self, plan)
+
+
+def plan_energy(cost_model: CostModel, plan: "Plan", busy: dict[str, float] | None = None) -> float | None:
+    """Energy of ``plan`` under ``cost_model``'s powers (see :meth:`CostModel.energy`).
+
+    ``busy`` (device -> busy seconds) defaults to the sum of predicted node durations.
+    """
+    if busy is None:
+        busy = {}
+        for n, d in plan.assignment.items():
+            busy[d] = busy.get(d, 0.0) + (plan.finish[n] - plan.start[n])
+    total = 0.0
+    for d in plan.devices_used:
+        p = cost_model.power(d)
+        if p is None:
+            return None
+        active, idle = p
+        b = busy.get(d, 0.0)
+        total += active * b + idle * max(plan.makespan - b, 0.0)
+    return total
+
+
+def check_dag(graph: nx.DiGraph) -> None:
+    """Raise :class:`graphs.errors.CyclicGraphError` naming a cycle if ``graph`` has one."""
+    from graphs.errors import CyclicGraphError
+
+    if not nx.is_directed_acyclic_graph(graph):
+        cycle = nx.find_cycle(graph)
+        raise CyclicGraphError(
+            "graph has a cycle: " + " -> ".join(str(u) for u, _ in cycle) + f" -> {cycle[0][0]}"
+        )
+
+
+def require_attr(graph: nx.DiGraph, attr: str, *, edges: bool = False, nodes: Iterable | None = None) -> None:
+    """Raise :class:`CostModelError` naming the first node (or edge) missing ``attr``."""
+    if edges:
+        for u, v, a in graph.edges(data=True):
+            if attr not in a:
+                raise CostModelError(f"edge {u!r}->{v!r} has no {attr!r} attribute")
+    else:
+        for n in (graph.nodes if nodes is None else nodes):
+            if attr not in graph.nodes[n]:
+                raise CostModelError(f"node {n!r} has no {attr!r} attribute")

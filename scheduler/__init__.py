@@ -1,0 +1,1 @@
+"""scheduler package (public names re-exported here)."""
