@@ -87,6 +87,31 @@ class CostModel(ABC):
                 T[i, j] = self.node_time(graph, n, d) if self.supports(graph, n, d) else np.inf
         return T
 
+    def edge_time_matrix(self, graph: nx.DiGraph, edges: Sequence[tuple] | None = None,
+                         devices: Sequence[str] | None = None) -> np.ndarray:
+        """``C[e, a, b]`` = time of ``edges[e]``'s data from ``devices[a]`` to ``devices[b]``.
+
+        The diagonal ``C[e, a, a]`` is 0. Models override this with a vectorised version;
+        the default calls :meth:`edge_time` per edge and device pair.
+
+        Example:
+            >>> from policies.abstract import TableCostModel
+            >>> import networkx as nx
+            >>> g = nx.DiGraph([("a", "b")])
+            >>> m = TableCostModel({"a": {"x": 1, "y": 1}, "b": {"x": 1, "y": 1}}, {("a", "b"): 5.0})
+            >>> m.edge_time_matrix(g)[0].tolist()
+            [[0.0, 5.0], [5.0, 0.0]]
+        """
+        edges = list(graph.edges) if edges is None else list(edges)
+        devices = list(self.devices if devices is None else devices)
+        C = np.zeros((len(edges), len(devices), len(devices)))
+        for e, (u, v) in enumerate(edges):
+            for a, da in enumerate(devices):
+                for b, db in enumerate(devices):
+                    if a != b:
+                        C[e, a, b] = self.edge_time(graph, u, v, da, db)
+        return C
+
     def energy(self, graph: nx.DiGraph, plan: "Plan") -> float | None:
         """Joules of one request under ``plan``: active power over each device's busy time
         plus idle power over the rest of the makespan, for the devices the plan uses.
