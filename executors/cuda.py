@@ -1,0 +1,80 @@
+"""Executor that runs partitions on one CUDA GPU.
+
+The partition's module is copied to ``cuda:N`` at load (the caller's module is left on
+its device), inputs are moved there at each run, and outputs come back as **CPU
+tensors** so that Ray can ship them to an actor on another device without a CUDA
+context. ``duration`` is the measured wall time of the run including those copies (the
+stream is synchronised before the clock stops).
+
+Example:
+    >>> CUDAExecutor("cuda:0")  # doctest: +SKIP
+    CUDAExecutor('cuda:0', loaded=())
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from .base import Executor, map_tensors
+from .errors import DeviceUnavailableError
+
+__all__ = ["CUDAExecutor", "cuda_index"]
+
+
+def cuda_index(device: str) -> int:
+    """The N of ``"cuda"`` / ``"cuda:N"`` (0 for ``"cuda"``).
+
+    Example:
+        >>> cuda_index("cuda:1")
+        1
+    """
+    from graphs.errors import UnknownNameError
+
+    head, _, idx = device.partition(":")
+    if head != "cuda" or (idx and not idx.isdigit()):
+        raise UnknownNameError("CUDA device", device, ["cuda", "cuda:N"])
+    return int(idx or 0)
+
+
+class CUDAExecutor(Executor):
+    """Runs partitions on ``cuda:N`` (see the module docstring).
+
+    ``local_index`` is the index torch sees in this process when it differs from the
+    reported name (inside a Ray actor with ``num_gpus=1`` the one visible GPU is 0).
+
+    Raises:
+        executors.errors.DeviceUnavailableError: no CUDA, or no GPU with that index.
+    """
+
+    kind = "cuda"
+
+    def __init__(self, device: str = "cuda:0", *, local_index: int | None = None,
+                 threads: int | None = None):
+        idx = cuda_index(device)
+        super().__init__(device if ":" in device else f"cuda:{idx}")
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(
+                f"{device}: CUDA is not available (torch {torch.__version__}, "
+                f"torch.cuda.is_available() is False); install a CUDA build of torch and an "
+                f"NVIDIA driver, or use 'cpu' or a simulated device 'sim:<profile>'")
+        local = idx if local_index is None else int(local_index)
+        if local >= torch.cuda.device_count():
+            raise DeviceUnavailableError(
+                f"{device}: no such GPU; this process sees {torch.cuda.device_count()} "
+                f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+        self.torch_device = torch.device("cuda", local)
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+
+    def _prepare(self, partition: Any) -> Any:
+        return copy.deepcopy(partition.module).to(self.torch_device)
+
+    def _execute(self, prepared: Any, args: tuple) -> tuple:
+        dev = self.torch_device
+        args = map_tensors(args, lambda t: t.to(dev, non_blocking=True))
+        outs = tuple(prepared(*args))
+        outs = map_tensors(outs, lambda t: t.cpu())
+        torch.cuda.synchronize(dev)
+        return outs

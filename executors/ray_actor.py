@@ -1,0 +1,159 @@
+"""A Ray actor hosting one executor per device, and the resources it asks Ray for.
+
+:class:`ExecutorActor` builds its executor *inside* the actor process from the device
+name (:func:`executors.factory.create`), so no CUDA or NPU object ever crosses processes;
+partitions (picklable fx modules) are shipped to it once with ``load``. Requests then call
+``run`` or ``run_split`` with Ray object refs as arguments: Ray resolves them in the actor,
+fetching each tensor straight from the actor that produced it, so activations flow
+actor-to-actor without passing through the driver.
+
+``run_split`` returns each output as its own Ray object plus a metadata-only
+:class:`~executors.base.ExecutionResult` last; call it with
+``.options(num_returns=len(partition.outputs) + 1)`` so that a consumer on another device
+fetches only the values it needs.
+
+Resources (:func:`actor_options`): ``cuda:N`` asks for ``num_gpus=1`` and ``npu:N`` for the
+``NPU`` resource Ray reports for Ascend devices; inside the actor the one visible device is
+index 0, which the actor maps to. ``sim:<profile>`` asks for the custom resource
+``sim_<profile>`` (see :func:`sim_resource`) only when the cluster declares it (a local
+embedded Ray gets it from ``ray.init(resources={"sim_atlas-200i-a2": 1})``, which is what
+the Runtime does), so a simulated device can be pinned to a node. Every actor asks for
+``num_cpus=0`` by default (three simulated devices fit on a 2-core machine) and sets
+``torch.set_num_threads(threads)`` (default 1) in its process.
+
+Concurrency: ``load``/``run``/``run_split``/``unload`` run one at a time (a device runs one
+partition at a time, in arrival order); ``ping``, ``health`` and ``loaded`` are in a
+separate ``control`` concurrency group, so a liveness check answers while a long
+partition is running.
+
+Example:
+    >>> actor_options("cuda:1")
+    {'num_cpus': 0, 'num_gpus': 1}
+    >>> actor_options("npu:0")
+    {'num_cpus': 0, 'resources': {'NPU': 1}}
+    >>> actor_options("sim:atlas-200i-a2", cluster_resources={"sim_atlas-200i-a2": 1.0})
+    {'num_cpus': 0, 'resources': {'sim_atlas-200i-a2': 1}}
+    >>> actor_options("sim:atlas-200i-a2", cluster_resources={"CPU": 2.0})
+    {'num_cpus': 0}
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from typing import Any, Mapping
+
+import ray
+
+from .base import ExecutionResult
+
+__all__ = ["ExecutorActor", "ExecutorHost", "actor_options", "sim_resource"]
+
+
+def sim_resource(device_name: str) -> str:
+    """The custom Ray resource name for a simulated device: ``sim:x`` -> ``sim_x``.
+
+    Example:
+        >>> sim_resource("sim:atlas-200i-a2")
+        'sim_atlas-200i-a2'
+    """
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", device_name)
+
+
+def actor_options(device_name: str, *, num_cpus: float = 0,
+                  cluster_resources: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Ray options for the actor hosting ``device_name`` (see the module docstring).
+
+    ``cluster_resources`` defaults to ``ray.cluster_resources()`` when Ray is initialised;
+    it decides whether a simulated device's custom resource is requested.
+    """
+    opts: dict[str, Any] = {"num_cpus": num_cpus}
+    head, _, _ = device_name.partition(":")
+    if head == "cuda":
+        opts["num_gpus"] = 1
+    elif head == "npu":
+        opts["resources"] = {"NPU": 1}
+    elif head == "sim":
+        if cluster_resources is None and ray.is_initialized():
+            cluster_resources = ray.cluster_resources()
+        res = sim_resource(device_name)
+        if cluster_resources and cluster_resources.get(res, 0) >= 1:
+            opts["resources"] = {res: 1}
+    return opts
+
+
+class ExecutorHost:
+    """The actor's body (also usable in-process): one executor built from a device name.
+
+    Example:
+        >>> h = ExecutorHost("cpu")
+        >>> h.ping()["device"]
+        'cpu'
+    """
+
+    def __init__(self, device_name: str, *, cost_model: Any = None, threads: int | None = 1, **kw: Any):
+        from .factory import create
+
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        head = device_name.partition(":")[0]
+        if head in ("cuda", "npu") and "local_index" not in kw:
+            kw["local_index"] = _local_index(head)
+        self.executor = create(device_name, cost_model=cost_model, **kw)
+        self.device = device_name
+
+    def load(self, partition: Any, predicted: float | None = None) -> int:
+        """Load a partition; returns its id."""
+        self.executor.load(partition, predicted)
+        return int(partition.id)
+
+    def run(self, partition_id: int, *args: Any, request: Any = None) -> ExecutionResult:
+        """Run a loaded partition; the result carries the outputs."""
+        return self.executor.run(partition_id, *args, request=request)
+
+    def run_split(self, partition_id: int, *args: Any, request: Any = None) -> Any:
+        """Run a loaded partition; return ``(*outputs, meta)`` (``meta`` alone when it has no
+        outputs), where ``meta`` is the result without outputs."""
+        r = self.executor.run(partition_id, *args, request=request)
+        if not r.outputs:
+            return r.without_outputs()
+        return (*r.outputs, r.without_outputs())
+
+    def unload(self, partition_id: int) -> None:
+        """Unload a partition."""
+        self.executor.unload(partition_id)
+
+    @ray.method(concurrency_group="control")
+    def loaded(self) -> tuple[int, ...]:
+        """Ids of the loaded partitions."""
+        return self.executor.loaded()
+
+    @ray.method(concurrency_group="control")
+    def health(self) -> dict[str, Any]:
+        """The executor's health snapshot plus the actor's process id."""
+        h = self.executor.health()
+        h["pid"] = os.getpid()
+        return h
+
+    @ray.method(concurrency_group="control")
+    def ping(self) -> dict[str, Any]:
+        """Cheap liveness check: device, process id and wall clock."""
+        return {"device": self.device, "pid": os.getpid(), "time": time.time()}
+
+
+def _local_index(head: str) -> int | None:
+    """Index of the one accelerator Ray gave this actor (0 after Ray's visibility mask)."""
+    try:
+        if not ray.is_initialized():
+            return None
+        ids = ray.get_runtime_context().get_accelerator_ids()
+        key = "GPU" if head == "cuda" else "NPU"
+        return 0 if ids.get(key) else None
+    except Exception:
+        return None
+
+
+#: The Ray actor class: ``ExecutorActor.options(**actor_options(name)).remote(name, ...)``.
+ExecutorActor = ray.remote(concurrency_groups={"control": 1})(ExecutorHost)

@@ -1,0 +1,158 @@
+"""A simulated device: real results computed on the CPU, the simulated device's time reported.
+
+:class:`SimulatedExecutor` stands in for hardware that is not here (an Ascend NPU, a
+Jetson, a datacenter GPU described by a profile). It runs each partition on the CPU, so
+its outputs are the real ones, and reports as ``duration`` the seconds the simulated
+device would take, as predicted by a cost model. The Runtime computes that prediction
+(the sum of ``cost_model.node_time`` over the partition's op-graph nodes on this device)
+and passes it to :meth:`SimulatedExecutor.load`; an executor built with ``graph`` and
+``cost_model`` computes it itself, and without either it falls back to a roofline
+estimate from the partition's totals and the :class:`~executors.devices.DeviceSpec`.
+
+Pacing: with ``pace`` set, each run takes at least ``pace * duration`` real seconds (the
+executor sleeps for the rest), so several simulated devices working at once overlap
+like real ones would (``pace=1.0`` is real time, ``pace=10`` ten times slower).
+
+Timing-only mode (``timing_only=True``) runs the partition on meta tensors: shapes
+propagate, nothing is computed and no weights are needed, so configurations too large
+for this machine can still be scheduled and timed. Its results say ``computed=False``.
+
+Example:
+    >>> import torch, torch.fx
+    >>> from executors.devices import DeviceSpec
+    >>> from graphs.partition import Partition
+    >>> spec = DeviceSpec("sim:toy", "npu", {"float32": 1e12}, 1e11, 8e9)
+    >>> ex = SimulatedExecutor(spec)
+    >>> gm = torch.fx.symbolic_trace(lambda x: (x + 1,))
+    >>> ex.load(Partition(0, "sim:toy", gm, ("x",), ("add",)), predicted=0.25)
+    >>> r = ex.run(0, torch.zeros(2))
+    >>> r.outputs, r.duration, r.simulated
+    ((tensor([1., 1.]),), 0.25, True)
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from typing import Any
+
+import torch
+
+from .base import Executor, _Loaded, map_tensors
+from .devices import DeviceSpec
+from .errors import ExecutorError
+
+__all__ = ["SimulatedExecutor", "roofline_estimate", "to_meta"]
+
+
+def roofline_estimate(partition: Any, spec: DeviceSpec, dtype: str = "float32") -> float:
+    """Seconds for ``partition`` on ``spec`` from its totals alone (Williams et al.,
+    "Roofline", CACM 2009): ``launch + max(flops / peak, bytes / bandwidth)``, where bytes
+    are the partition's inputs, outputs and parameters.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> spec = DeviceSpec("d", "gpu", {"float32": 1e9}, 1e9, 1e9, launch_overhead=0.5)
+        >>> roofline_estimate(NS(flops=2e9, bytes_in=0, bytes_out=0, param_bytes=1e9), spec)
+        2.5
+    """
+    flops = float(getattr(partition, "flops", 0) or 0)
+    nbytes = sum(float(getattr(partition, a, 0) or 0) for a in ("bytes_in", "bytes_out", "param_bytes"))
+    return spec.launch_overhead + max(flops / spec.flops_for(dtype), nbytes / spec.mem_bandwidth)
+
+
+def to_meta(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` whose parameters and buffers are meta tensors (no memory, no data);
+    ``module`` itself is returned when it holds no real tensors.
+
+    Example:
+        >>> to_meta(torch.nn.Linear(2, 2)).weight.device
+        device(type='meta')
+    """
+    tensors = [t for t in itertools.chain(module.parameters(), module.buffers()) if t.device.type != "meta"]
+    if not tensors:
+        return module
+    memo: dict[int, Any] = {}
+    for t in tensors:
+        meta = t.detach().to("meta")
+        memo[id(t)] = torch.nn.Parameter(meta, requires_grad=t.requires_grad) \
+            if isinstance(t, torch.nn.Parameter) else meta
+    return copy.deepcopy(module, memo)
+
+
+class SimulatedExecutor(Executor):
+    """Computes on the CPU, reports the simulated device's predicted time (module docstring).
+
+    Parameters:
+        spec: the simulated device; the executor reports ``spec.name`` as its device.
+        cost_model: a :class:`policies.cost.CostModel` pricing ``graph``'s nodes on
+            ``spec.name``; used with ``graph`` when :meth:`load` gets no ``predicted``.
+        pace: real seconds slept per simulated second (None: no pacing, return at once).
+        timing_only: run on meta tensors; results have ``computed=False``.
+        graph: the OpGraph the partitions' ``nodes`` belong to (optional; see above).
+        threads: ``torch.set_num_threads`` for the process (None leaves it alone).
+    """
+
+    kind = "sim"
+
+    def __init__(self, spec: DeviceSpec, cost_model: Any = None, *, pace: float | None = None,
+                 timing_only: bool = False, graph: Any = None, threads: int | None = None):
+        if not isinstance(spec, DeviceSpec):
+            raise ExecutorError(f"SimulatedExecutor needs an executors.devices.DeviceSpec, got {type(spec).__name__}")
+        if pace is not None and (not isinstance(pace, (int, float)) or pace < 0):
+            raise ExecutorError(f"pace must be real seconds per simulated second (>= 0) or None, got {pace!r}")
+        super().__init__(spec.name)
+        self.spec = spec
+        self.cost_model = cost_model
+        self.pace = None if pace is None else float(pace)
+        self.timing_only = bool(timing_only)
+        self.graph = graph
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+
+    def predict(self, partition: Any) -> float:
+        """Seconds for ``partition`` here: the cost model's node times summed over its nodes
+        when this executor has a graph and a cost model, else :func:`roofline_estimate`."""
+        if self.cost_model is not None and self.graph is not None and getattr(partition, "nodes", ()):
+            return float(sum(self.cost_model.node_time(self.graph, n, self.device) for n in partition.nodes))
+        return roofline_estimate(partition, self.spec)
+
+    def load(self, partition: Any, predicted: float | None = None) -> None:
+        """Load ``partition``; ``predicted`` (seconds on this device) is what every run reports
+        as its duration (default: :meth:`predict`)."""
+        super().load(partition, predicted)
+        entry = self._parts[int(partition.id)]
+        if entry.predicted is None:
+            entry.predicted = self.predict(partition)
+
+    def _prepare(self, partition: Any) -> Any:
+        return to_meta(partition.module) if self.timing_only else partition.module
+
+    def _run_entry(self, entry: _Loaded, args: tuple) -> tuple[tuple, float | None, bool]:
+        t0 = time.perf_counter()
+        if self.timing_only:
+            args = map_tensors(args, lambda t: t if t.device.type == "meta" else torch.empty_like(t, device="meta"))
+        else:
+            args = map_tensors(args, lambda t: t if t.device.type == "cpu" else t.cpu())
+        with torch.no_grad():
+            try:
+                outs = tuple(entry.prepared(*args))
+            except NotImplementedError as e:
+                if self.timing_only:
+                    raise ExecutorError(f"{self.device}: partition {entry.partition.id} cannot run on meta "
+                                        f"tensors (timing-only mode): {e}") from e
+                raise
+        duration = float(entry.predicted or 0.0)
+        if self.pace:
+            rest = self.pace * duration - (time.perf_counter() - t0)
+            if rest > 0:
+                time.sleep(rest)
+        return outs, duration, not self.timing_only
+
+    def _execute(self, prepared: Any, args: tuple) -> tuple:  # pragma: no cover - _run_entry overrides
+        return tuple(prepared(*args))
+
+    def health(self) -> dict[str, Any]:
+        h = super().health()
+        h.update(pace=self.pace, timing_only=self.timing_only, profile=self.spec.description or self.spec.name)
+        return h
