@@ -6,3 +6,16 @@ from .opgraph import GRANULARITIES, NODE_ATTRS, OP_KINDS, OpGraph
 
 __all__ = ["OpGraph", "OP_KINDS", "NODE_ATTRS", "GRANULARITIES", "HetschedError", "GraphError",
            "CyclicGraphError", "CaptureError", "GraphFormatError", "UnknownNameError"]
+
+# capture, coarsening, JSON, reference models (issue 2)
+from . import models
+from .capture import capture
+from .coarsen import coarsen
+from .io import from_json, load, save, summary, to_json
+
+__all__ += ["capture", "coarsen", "to_json", "from_json", "save", "load", "summary", "models"]
+
+# partitioning into same-device fx submodules (issue 5; helper "executors")
+from .partition import Partition, PartitionedModel, partition  # noqa: E402
+
+__all__ += ["partition", "Partition", "PartitionedModel"]
