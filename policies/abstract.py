@@ -131,6 +131,28 @@ class RelatedMachines(CostModel):
         inv = np.array([1.0 / self._speed(d) for d in devices])
         return np.outer(cost, inv)
 
+    def edge_time_matrix(self, graph: nx.DiGraph, edges: Sequence[tuple] | None = None,
+                         devices: Sequence[str] | None = None) -> np.ndarray:
+        """Vectorised: ``latency + data / bandwidth`` for every edge and device pair."""
+        edges = list(graph.edges) if edges is None else list(edges)
+        devices = list(self.devices if devices is None else devices)
+        data = np.empty(len(edges))
+        for e, (u, v) in enumerate(edges):
+            a = graph.edges[u, v]
+            if "data" not in a:
+                raise CostModelError(f"edge {u!r}->{v!r} has no 'data' attribute (RelatedMachines "
+                                     "prices edge attribute 'data')")
+            data[e] = float(a["data"])
+        k = len(devices)
+        inv_bw = np.zeros((k, k))
+        lat = np.zeros((k, k))
+        for a_, da in enumerate(devices):
+            for b_, db in enumerate(devices):
+                if a_ != b_:
+                    lat[a_, b_] = self.latency
+                    inv_bw[a_, b_] = self.transfer_time(1.0, da, db) - self.latency
+        return lat[None, :, :] + data[:, None, None] * inv_bw[None, :, :]
+
     def transfer_time(self, nbytes: float, src: str, dst: str) -> float:
         """``latency + nbytes / bandwidth(src, dst)``; 0 on the same device."""
         self._speed(src), self._speed(dst)
@@ -234,6 +256,31 @@ class TableCostModel(CostModel):
             return self.edges[(u, v)]
         except KeyError:
             raise CostModelError(f"edge {u!r}->{v!r} has no time in the edge table") from None
+
+    def time_matrix(self, graph: nx.DiGraph, nodes: Sequence[Hashable] | None = None,
+                    devices: Sequence[str] | None = None) -> np.ndarray:
+        """Vectorised table lookup; ``inf`` where a node has no time on a device."""
+        nodes = list(graph.nodes) if nodes is None else list(nodes)
+        devices = list(self.devices if devices is None else devices)
+        for d in devices:
+            if d not in self.devices:
+                raise CostModelError(f"unknown device {d!r}; devices: {', '.join(self.devices)}")
+        inf = math.inf
+        return np.array([[self._row(n).get(d, inf) for d in devices] for n in nodes],
+                        dtype=float).reshape(len(nodes), len(devices))
+
+    def edge_time_matrix(self, graph: nx.DiGraph, edges: Sequence[tuple] | None = None,
+                         devices: Sequence[str] | None = None) -> np.ndarray:
+        """Vectorised: each edge's table time off the diagonal, 0 on it."""
+        edges = list(graph.edges) if edges is None else list(edges)
+        k = len(self.devices if devices is None else devices)
+        t = np.empty(len(edges))
+        for e, (u, v) in enumerate(edges):
+            try:
+                t[e] = self.edges[(u, v)]
+            except KeyError:
+                raise CostModelError(f"edge {u!r}->{v!r} has no time in the edge table") from None
+        return t[:, None, None] * (1.0 - np.eye(k))[None, :, :]
 
     def power(self, device: str) -> tuple[float, float] | None:
         """(active, idle) watts if given."""

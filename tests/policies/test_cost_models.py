@@ -343,3 +343,33 @@ def test_roofline_on_captured_coarse_graphs():
         assert np.isfinite(T).all() and (T >= 0).all()
     # every op pays at least the launch overhead: the op-graph total is >= launches * 10 us
     assert model.time_matrix(ops)[:, 0].sum() >= n_ops * 10e-6
+
+
+class TestVectorisedMatricesAgreeWithScalarCalls:
+    """The vectorised time/edge matrices equal the per-element methods (the default loops)."""
+
+    def _graph(self):
+        from graphs import synthetic
+        return synthetic.layered(60, ccr=2.0, seed=3)
+
+    def test_related_machines_edge_matrix(self):
+        from policies.abstract import RelatedMachines
+        from policies.cost import CostModel
+        g = self._graph()
+        m = RelatedMachines({"a": 1.0, "b": 2.0, "c": 0.5},
+                            bandwidth={("a", "b"): 2.0, ("a", "c"): 1.0, ("b", "c"): 4.0}, latency=0.3)
+        np.testing.assert_allclose(m.edge_time_matrix(g), CostModel.edge_time_matrix(m, g))
+        np.testing.assert_allclose(m.time_matrix(g), CostModel.time_matrix(m, g))
+
+    def test_table_matrices(self):
+        from graphs import synthetic
+        from policies.abstract import TableCostModel
+        from policies.cost import CostModel
+        g = self._graph()
+        table = synthetic.heterogeneous_times(g, ["x", "y", "z"], beta=1.0, seed=1)
+        del table[next(iter(table))]["y"]  # one unsupported entry -> inf
+        edges = {(u, v): float(a["data"]) for u, v, a in g.edges(data=True)}
+        m = TableCostModel(table, edges)
+        np.testing.assert_array_equal(m.time_matrix(g), CostModel.time_matrix(m, g))
+        assert np.isinf(m.time_matrix(g)).sum() == 1
+        np.testing.assert_allclose(m.edge_time_matrix(g), CostModel.edge_time_matrix(m, g))
