@@ -61,7 +61,7 @@ class Auto(Policy):
     name = "auto"
     description = "portfolio: classics, exact MILP on small graphs, then local search; best plan wins"
     objectives = ("latency", "energy", "throughput")
-    option_defaults = {"time_budget": 5.0, "classics": ("heft", "peft", "cpop", "mct", "met"),
+    option_defaults = {"time_budget": 5.0, "classics": ("heft", "peft", "cpop", "mct", "met", "single"),
                        "exact_max_nodes": 30, "exact_share": 0.5, "seed": 0, "max_evals": None}
 
     def __init__(self, **options: Any):

@@ -520,7 +520,7 @@ class Exact(Policy):
     name = "exact"
     description = "MILP (HiGHS) optimum for small graphs, with time limit, bound and gap"
     objectives = ("latency", "energy")
-    option_defaults = {"time_limit": 10.0, "max_nodes": 40, "seeds": ("heft", "peft", "cpop", "mct"),
+    option_defaults = {"time_limit": 10.0, "max_nodes": 40, "seeds": ("heft", "peft", "cpop", "mct", "single"),
                        "search_share": 0.1, "seed": 0, "max_evals": None,
                        "mip_rel_gap": 1e-7, "threads": 1}
 

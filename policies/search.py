@@ -328,7 +328,7 @@ class Search(Policy):
     description = "iterated local search (re-assign, swap, priority moves) seeded by the best heuristic"
     objectives = ("latency", "energy")
     option_defaults = {"time_budget": 1.0, "max_evals": None, "seed": 0,
-                       "seeds": ("heft", "peft", "cpop", "mct")}
+                       "seeds": ("heft", "peft", "cpop", "mct", "single")}
 
     def __init__(self, **options: Any):
         super().__init__(**options)
