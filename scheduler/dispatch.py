@@ -1,0 +1,498 @@
+"""The dispatcher: requests through the partition DAG as Ray object refs.
+
+At :meth:`Dispatcher.submit` the inputs go into the object store once (``ray.put``) and
+every partition's actor call is issued at once, in topological order, with the object refs
+of the values it consumes as arguments. Ray resolves the refs where the call runs, so
+tensors move actor to actor and the driver fetches only the model's outputs. An actor runs
+the calls it receives in submission order; since every request's calls are submitted in a
+topological order and requests one after another, no call ever waits on a later one, so
+the scheme cannot deadlock, and while request *n* runs on device B request *n+1* already
+runs on device A (pipelining).
+
+Completion is event driven, with no thread per request: every output ref the driver
+waits for gets a Ray completion callback that puts an event on a queue; one completion
+thread drains it, completes futures, enforces request timeouts and handles cancellation.
+Each partition call also returns a small meta record (what it measured) as a separate
+object; once a request's outputs are ready all its calls have run, so the completion
+thread fetches these records later, in batches, when it is idle (:meth:`Dispatcher.flush`),
+and records the measurements off the request's path.
+A request moves through a small state machine (``running`` -> ``completed | failed |
+cancelled | timeout``) guarded by a lock and tagged with an attempt number, so a user's
+future is completed exactly once even when a failed request is retried: events of an
+older attempt are ignored.
+
+Cancellation and timeouts complete the future at once and free the in-flight slot; the
+request's calls already sent to actors still run, and their results are dropped. The
+dispatcher does not ``ray.cancel`` them: in Ray 2.60 cancelling an actor task that is
+still queued at the caller leaves a hole in the actor's ordered task queue, and the
+actor then stalls for 30 s waiting for the missing sequence number (observed here:
+"Timed out waiting for seq_no ... Cancelling all queued tasks"), failing the requests
+behind it. Partition calls are short, so letting them finish costs little.
+
+Failures: an actor that dies (``RayActorError``) or an executor error (for instance a
+restarted actor that lost its partitions) makes the request *retryable*: a recovery thread
+calls the runtime's ``recover`` hook (which waits for the actor to come back and reloads
+its partitions) and then re-issues every call of the request with fresh refs. A request
+fails for good (``RequestFailed``) after ``max_retries`` retries or when its partition
+raised an ordinary exception.
+
+The dispatcher knows nothing about models or policies: it gets :class:`Stage` records and
+actor handles, and the runtime tells it how to rebuild an output (``assemble``).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import heapq
+import itertools
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Mapping, Sequence
+
+from .errors import RequestFailed, RequestTimeout, RuntimeClosedError, SubmitTimeout
+from .stats import Measurement, RequestRecord, StatsRecorder, dag_makespan, request_energy
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One partition call of a request.
+
+    Example:
+        >>> Stage(pid=0, device="cpu", inputs=("x",), outputs=("y",)).outputs
+        ('y',)
+    """
+
+    pid: int  # partition id (as loaded on the device's actor)
+    device: str  # device name; the key of the actor that runs it
+    inputs: tuple[str, ...]  # value names it consumes, in argument order
+    outputs: tuple[str, ...]  # value names it returns, in return order
+
+
+@dataclass
+class _Request:
+    rid: int
+    inputs: tuple  # the model inputs (kept for retries)
+    future: cf.Future
+    submitted: float  # time.time()
+    deadline: float | None  # time.monotonic() deadline
+    attempt: int = 0
+    state: str = "running"
+    refs: list = field(default_factory=list)  # refs of the current attempt (for cancel)
+    pending: int = 0  # events still awaited in the current attempt
+    outputs: dict = field(default_factory=dict)  # index -> fetched output value
+    meta_refs: list = field(default_factory=list)  # (pid, ObjectRef of its meta record)
+
+
+# event kinds on the completion queue
+_EV_REF, _EV_CANCEL, _EV_RETRY_FAILED, _EV_STOP, _EV_WAKE = range(5)
+
+
+def _is_infrastructure(err: BaseException) -> bool:
+    """True for failures a retry can fix: a dead or restarting actor, a lost object, a
+    worker crash, or a restarted actor that lacks its partitions (the executor's "is not
+    loaded" error). A partition that raised (bad values, a bug) is not retried."""
+    try:
+        import ray.exceptions as rex
+    except Exception:  # pragma: no cover
+        return False
+    infra = (rex.RayActorError, rex.ObjectLostError, rex.WorkerCrashedError)
+    from executors.errors import ExecutorError
+
+    cause = err
+    for _ in range(4):
+        if isinstance(cause, infra):
+            return True
+        if isinstance(cause, ExecutorError) and "is not loaded" in str(cause):
+            return True
+        nxt = getattr(cause, "cause", None) or cause.__cause__
+        if nxt is None or nxt is cause:
+            break
+        cause = nxt
+    return False
+
+
+class Dispatcher:
+    """Runs requests through a partition DAG on Ray actors (see the module docstring).
+
+    Args:
+        stages: partition calls in a topological order.
+        actors: device name -> Ray actor handle offering ``run_split`` (see
+            :mod:`executors.ray_actor`); read at each submit, so the runtime may replace one.
+        input_names: value names of the model inputs, in positional order.
+        output_names: value names the driver fetches to build a result.
+        assemble: builds the user's result from the fetched values (in ``output_names`` order).
+        recorder: where measurements and finished requests go.
+        dag: the partition DAG (partition ids) for a request's simulated makespan.
+        transfer: ``transfer(u, v)`` seconds to move the values of partition edge ``u -> v``.
+        power: device -> (active, idle) watts, for a request's energy (simulated devices).
+        max_in_flight: requests in flight at once; :meth:`submit` blocks beyond it.
+        submit_timeout: seconds :meth:`submit` may block (None: forever) before
+            :class:`~scheduler.errors.SubmitTimeout`.
+        request_timeout: seconds from submit to result (None: no limit) before the future
+            gets :class:`~scheduler.errors.RequestTimeout`.
+        max_retries: retries of a request after infrastructure failures.
+        recover: called (in the recovery thread) before retrying; it must bring the actors
+            back with their partitions loaded, or raise.
+        on_measurement: callbacks called with every :class:`~scheduler.stats.Measurement`.
+
+    Example (needs Ray; the runtime builds one for you)::
+
+        d = Dispatcher([Stage(0, "cpu", ("x",), ("y",))], {"cpu": actor}, ("x",), ("y",),
+                       lambda vals: vals[0], StatsRecorder())
+        d.submit((torch.ones(2),)).result()
+    """
+
+    def __init__(self, stages: Sequence[Stage], actors: Mapping[str, Any],
+                 input_names: Sequence[str], output_names: Sequence[str],
+                 assemble: Callable[[tuple], Any], recorder: StatsRecorder, *,
+                 dag=None, transfer: Callable[[Hashable, Hashable], float] | None = None,
+                 power: Mapping[str, tuple[float, float] | None] | None = None,
+                 max_in_flight: int = 32, submit_timeout: float | None = None,
+                 request_timeout: float | None = None, max_retries: int = 3,
+                 recover: Callable[[], None] | None = None,
+                 on_measurement: Sequence[Callable[[Measurement], None]] = ()):
+        import ray
+
+        self._ray = ray
+        self.stages = tuple(stages)
+        self.actors = actors
+        self.input_names = tuple(input_names)
+        self.output_names = tuple(output_names)
+        self.assemble = assemble
+        self.recorder = recorder
+        self.dag = dag
+        self.transfer = transfer
+        self.power = dict(power or {})
+        self.max_in_flight = max_in_flight
+        self.submit_timeout = submit_timeout
+        self.request_timeout = request_timeout
+        self.max_retries = max_retries
+        self.recover = recover
+        self.on_measurement: list[Callable[[Measurement], None]] = list(on_measurement)
+        self._stage_of = {s.pid: s for s in self.stages}
+        self._uses: dict[str, int] = {}
+        for st in self.stages:
+            for n in st.inputs:
+                self._uses[n] = self._uses.get(n, 0) + 1
+        self._methods: dict = {}
+        self._backlog: list = []  # completed requests whose meta records are not fetched yet
+        self._flush_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._lock = threading.Lock()
+        self._requests: dict[int, _Request] = {}
+        self._ids = itertools.count()
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._deadlines: list[tuple[float, int]] = []
+        self._closed = False
+        self._healthy = threading.Event()
+        self._healthy.set()
+        self._retry_queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._completer = threading.Thread(target=self._complete_loop, name="hetsched-complete",
+                                           daemon=True)
+        self._retrier = threading.Thread(target=self._retry_loop, name="hetsched-retry", daemon=True)
+        self._completer.start()
+        self._retrier.start()
+
+    # ------------------------------------------------------------------- submit
+    def submit(self, inputs: tuple, request_timeout: float | None = None) -> cf.Future:
+        """Issue every partition call of one request; return the future of its result.
+
+        ``request_timeout`` overrides the dispatcher's for this request."""
+        if self._closed:
+            raise RuntimeClosedError("the runtime is shut down; create a new Runtime to submit")
+        timeout = self.submit_timeout
+        got = self._slots.acquire() if timeout is None else self._slots.acquire(timeout=timeout)
+        if not got:
+            raise SubmitTimeout(
+                f"{self.max_in_flight} requests in flight for more than submit_timeout="
+                f"{timeout} s; wait for results, raise max_in_flight or the submit timeout")
+        try:
+            if self._closed:
+                raise RuntimeClosedError("the runtime is shut down; create a new Runtime to submit")
+            self._healthy.wait(timeout=60.0)  # hold new work while actors are being recovered
+            now = time.time()
+            fut: cf.Future = cf.Future()
+            rid = next(self._ids)
+            limit = self.request_timeout if request_timeout is None else request_timeout
+            deadline = (time.monotonic() + limit) if limit else None
+            req = _Request(rid=rid, inputs=tuple(inputs), future=fut, submitted=now, deadline=deadline)
+            with self._lock:
+                self._requests[rid] = req
+                if deadline is not None:
+                    heapq.heappush(self._deadlines, (deadline, rid))
+                self._issue(req)
+            self.recorder.add_submit(now)
+        except BaseException:
+            self._slots.release()
+            raise
+        fut.add_done_callback(lambda f, rid=rid: f.cancelled() and self._events.put((_EV_CANCEL, rid)))
+        if deadline is not None:
+            self._events.put((_EV_WAKE,))  # wake the loop to see the deadline
+        return fut
+
+    def _issue(self, req: _Request) -> None:
+        """Submit the calls of ``req``'s current attempt (caller holds the lock)."""
+        # an input read by one call travels inline with it; one read by several is put once
+        values = {n: (self._ray.put(x) if self._uses.get(n, 0) > 1 else x)
+                  for n, x in zip(self.input_names, req.inputs)}
+        refs, metas = [], []
+        for st in self.stages:
+            args = [values[n] for n in st.inputs]
+            out = self._method(st).remote(st.pid, *args, request=req.rid)
+            *outs, meta = out
+            values.update(zip(st.outputs, outs))
+            refs.extend(out)
+            metas.append((st.pid, meta))
+        req.refs = refs
+        req.meta_refs = metas
+        req.outputs = {}
+        attempt = req.attempt
+        watch = []
+        for i, name in enumerate(self.output_names):
+            v = values[name]
+            if isinstance(v, self._ray.ObjectRef):
+                watch.append((i, v))
+            else:  # an output that is a model input
+                req.outputs[i] = v
+        req.pending = len(watch)
+        # only the outputs are watched: once they are ready every partition has run, and
+        # the meta records are fetched later in batches (flush), off the request's path
+        for key, ref in watch:
+            ref.future().add_done_callback(
+                lambda f, rid=req.rid, a=attempt, key=key:
+                self._events.put((_EV_REF, rid, a, "out", key, f)))
+
+    def _method(self, st: Stage):
+        """``run_split`` of the stage's actor with its number of returns (cached per actor
+        handle: a restarted actor keeps its handle)."""
+        actor = self.actors[st.device]
+        key = (id(actor), len(st.outputs))
+        m = self._methods.get(key)
+        if m is None or m[0] is not actor:
+            m = self._methods[key] = (actor, actor.run_split.options(num_returns=len(st.outputs) + 1))
+        return m[1]
+
+    # --------------------------------------------------------------- completion
+    def _complete_loop(self) -> None:
+        while True:
+            timeout = 0.05 if self._backlog else 0.5
+            with self._lock:
+                if self._deadlines:
+                    timeout = min(timeout, max(0.0, self._deadlines[0][0] - time.monotonic()))
+            try:
+                ev = self._events.get(timeout=timeout)
+            except queue.Empty:
+                ev = None
+            if ev is not None and ev[0] == _EV_STOP:
+                return
+            try:
+                if ev is not None:
+                    self._handle(ev)
+                self._expire()
+                if self._backlog and (ev is None or len(self._backlog) >= 256):
+                    self.flush()  # idle for 50 ms, or enough records for one batch
+            except Exception:  # pragma: no cover - keep serving; the error is on a future
+                import traceback
+
+                traceback.print_exc()
+
+    def _handle(self, ev: tuple) -> None:
+        kind = ev[0]
+        if kind == _EV_WAKE:
+            return
+        if kind == _EV_CANCEL:
+            self._finish(ev[1], "cancelled", None)
+            return
+        if kind == _EV_RETRY_FAILED:
+            self._finish(ev[1], "failed", ev[2])
+            return
+        _, rid, attempt, what, key, f = ev
+        with self._lock:
+            req = self._requests.get(rid)
+            if req is None or req.state != "running" or req.attempt != attempt:
+                return  # stale event (finished request or an older attempt)
+        try:
+            value = f.result()
+        except BaseException as err:  # noqa: BLE001 - every failure decides retry or fail
+            self._failed(req, attempt, what, key, err)
+            return
+        with self._lock:
+            if req.state != "running" or req.attempt != attempt:
+                return
+            req.outputs[key] = value
+            req.pending -= 1
+            done = req.pending == 0
+        if done:
+            try:
+                result = self.assemble(tuple(req.outputs[i] for i in range(len(self.output_names))))
+            except BaseException as err:  # noqa: BLE001
+                self._finish(rid, "failed", RequestFailed(
+                    f"request {rid}: rebuilding the output failed: {err}", err))
+                return
+            self._finish(rid, "completed", result)
+
+    def _failed(self, req: _Request, attempt: int, what: str, key: int, err: BaseException) -> None:
+        where = f"output {self.output_names[key]!r}"
+        if _is_infrastructure(err) and attempt < self.max_retries and not self._closed:
+            with self._lock:
+                if req.state != "running" or req.attempt != attempt:
+                    return
+                req.attempt += 1  # events of the failed attempt are ignored from now on
+                self._healthy.clear()
+            self.recorder.add_retry()
+            self._retry_queue.put((req.rid, err))
+            return
+        tries = attempt + 1
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        summary = lines[-1] if lines else type(err).__name__  # Ray puts the cause's text last
+        self._finish(req.rid, "failed", RequestFailed(
+            f"request {req.rid} failed after {tries} attempt(s) (waiting for {where}): {summary}",
+            err))
+
+    def _retry_loop(self) -> None:
+        while True:
+            item = self._retry_queue.get()
+            if item is None:
+                return
+            rid, err = item
+            try:
+                if self.recover is not None:
+                    self.recover()
+                self._healthy.set()
+                with self._lock:
+                    req = self._requests.get(rid)
+                    if req is None or req.state != "running":
+                        continue
+                    self._issue(req)
+            except BaseException as e:  # noqa: BLE001
+                self._healthy.set()
+                self._events.put((_EV_RETRY_FAILED, rid, RequestFailed(
+                    f"request {rid}: recovery after {type(err).__name__} failed: "
+                    f"{type(e).__name__}: {e}", e)))
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        expired = []
+        with self._lock:
+            while self._deadlines and self._deadlines[0][0] <= now:
+                _, rid = heapq.heappop(self._deadlines)
+                req = self._requests.get(rid)
+                if req is not None and req.state == "running":
+                    expired.append(rid)
+        for rid in expired:
+            self._finish(rid, "timeout", RequestTimeout(
+                f"request {rid} did not finish within its request timeout"))
+
+    def _finish(self, rid: int, status: str, value: Any) -> None:
+        """Move request ``rid`` to a terminal state (once) and complete its future."""
+        with self._lock:
+            req = self._requests.get(rid)
+            if req is None or req.state != "running":
+                return
+            req.state = status
+            del self._requests[rid]
+            req.refs = []  # dropping the refs lets Ray free the objects once the calls end
+            metas, req.meta_refs = req.meta_refs, []
+        self._slots.release()
+        finished = time.time()
+        if status == "completed":
+            with self._flush_lock:
+                self._backlog.append((req, finished, metas))
+        else:
+            self.recorder.add_request(RequestRecord(
+                request=rid, submitted=req.submitted, finished=finished, status=status,
+                attempts=req.attempt + 1))
+        fut = req.future
+        if status == "cancelled":
+            return  # the caller cancelled the future itself
+        if not fut.set_running_or_notify_cancel():
+            return  # cancelled at the same moment: the cancel event finds no running request
+        if status == "completed":
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+    def flush(self) -> None:
+        """Fetch the meta records of completed requests (in one batch) and record their
+        measurements and request records; called by the completion thread when idle and
+        before statistics are read."""
+        with self._flush_lock:
+            backlog, self._backlog = self._backlog, []
+            if not backlog:
+                return
+            flat = [ref for _, _, metas in backlog for _, ref in metas]
+            try:
+                values = iter(self._ray.get(flat, timeout=60))
+                fetched = [[next(values) for _ in metas] for _, _, metas in backlog]
+            except Exception:  # noqa: BLE001 - a lost meta record only costs a measurement
+                fetched = []
+                for _, _, metas in backlog:
+                    row = []
+                    for _, ref in metas:
+                        try:
+                            row.append(self._ray.get(ref, timeout=10))
+                        except Exception:  # noqa: BLE001
+                            row.append(None)
+                    fetched.append(row)
+            for (req, finished, metas), row in zip(backlog, fetched):
+                got = {pid: m for (pid, _), m in zip(metas, row) if m is not None}
+                for pid, v in got.items():
+                    m = Measurement(request=req.rid, attempt=req.attempt, partition=pid,
+                                    device=v.device, start=v.start, duration=v.duration,
+                                    wall=v.wall, simulated=bool(v.simulated))
+                    self.recorder.add_measurement(m)
+                    for cb in self.on_measurement:
+                        try:
+                            cb(m)
+                        except Exception:  # noqa: BLE001 - a user hook must not stop the runtime
+                            pass
+                sim, energy = (self._request_sim(got) if len(got) == len(metas) else (None, None))
+                self.recorder.add_request(RequestRecord(
+                    request=req.rid, submitted=req.submitted, finished=finished,
+                    status="completed", attempts=req.attempt + 1, sim_makespan=sim, energy=energy))
+
+    def _request_sim(self, metas: Mapping[int, Any]) -> tuple[float | None, float | None]:
+        if self.dag is None or not metas or not all(m.simulated for m in metas.values()):
+            return None, None
+        dur = {pid: m.duration for pid, m in metas.items()}
+        mk = dag_makespan(self.dag, dur, self.transfer)
+        busy: dict[str, float] = {}
+        for m in metas.values():
+            busy[m.device] = busy.get(m.device, 0.0) + m.duration
+        return mk, request_energy(busy, mk, self.power)
+
+    # ----------------------------------------------------------------- control
+    @property
+    def in_flight(self) -> int:
+        """Requests submitted and not finished."""
+        with self._lock:
+            return len(self._requests)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until no request is in flight; False if ``timeout`` passed first."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.in_flight:
+            if end is not None and time.monotonic() > end:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def close(self, cancel: bool = True) -> None:
+        """Stop accepting requests; cancel those in flight (``cancel``) and stop threads."""
+        self._closed = True
+        self.flush()
+        if cancel:
+            with self._lock:
+                rids = list(self._requests)
+            for rid in rids:
+                self._finish(rid, "failed", RuntimeClosedError(
+                    f"request {rid} was still in flight when the runtime shut down"))
+        self._events.put((_EV_STOP,))
+        self._retry_queue.put(None)
+        self._healthy.set()
+        self._completer.join(timeout=5)
+        self._retrier.join(timeout=5)
+
+
+__all__ = ["Dispatcher", "Stage"]

@@ -1,0 +1,776 @@
+"""``Runtime``: capture, place, partition, deploy on Ray actors, and serve requests.
+
+:class:`Runtime` ties the packages together::
+
+    model + example inputs --graphs.capture--> OpGraph --policy.place--> Plan
+      --graphs.partition--> partitions --one ExecutorActor per device--> Ray
+      submit(*inputs) -> Future  (scheduler.dispatch.Dispatcher over the partition DAG)
+
+Devices are named: real ones ``cpu``, ``cuda:0``, ``npu:0``; simulated ones
+``sim:<profile>`` with a built-in profile name (:func:`executors.profiles.available`) or a
+profile file path. Without ``devices`` the runtime uses the real devices
+:func:`executors.detect` finds. Without ``ray_address`` (or ``RAY_ADDRESS``) it starts an
+embedded local Ray bound to 127.0.0.1, or reuses the Ray already initialised in this
+process (and then leaves it running at :meth:`Runtime.shutdown`).
+
+Inputs are checked at submit against the example inputs' signature
+(:class:`InputSignature`): count, type, dtype, rank and every dimension not declared
+dynamic. A bad input raises :class:`~scheduler.errors.InputSignatureError` at once and
+never reaches an actor, so the runtime keeps serving the others.
+
+Example (a real run starts Ray, so it is not a doctest here; see tests/scheduler)::
+
+    import torch, graphs.models as M
+    from scheduler import Runtime
+    model = M.pangu_embedded("tiny")
+    x = M.example_inputs(model, batch=1, seq_len=16)
+    with Runtime(model, x, devices=["sim:atlas-200i-a2", "sim:jetson-orin-nx",
+                                     "sim:edge-cpu-a76"]) as rt:
+        y = rt.run(*x)                      # synchronous
+        futs = [rt.submit(*x) for _ in range(8)]   # pipelined
+        print(rt.stats().latency_p50, rt.plan.policy)
+        rt.write_trace("trace.json"); rt.write_gantt("gantt.png", time="simulated")
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
+
+import torch
+
+from .dispatch import Dispatcher, Stage
+from .errors import InputSignatureError, RuntimeClosedError, RuntimeConfigError
+from .stats import Measurement, RuntimeStats, StatsRecorder
+
+__all__ = ["Runtime", "InputSignature", "TensorSpec", "DEVICE_FORMS", "host_spec", "build_cluster"]
+
+#: The device name forms a runtime accepts.
+DEVICE_FORMS = ("cpu", "cuda:<N>", "npu:<N>", "sim:<profile name or file>")
+TIME_BASES = ("wall", "simulated")
+
+
+# ------------------------------------------------------------------ input signature
+@dataclass(frozen=True)
+class TensorSpec:
+    """What an input tensor must look like: dtype, rank, and the static dimensions.
+
+    Example:
+        >>> s = TensorSpec(dtype=torch.int64, shape=(1, 16), dynamic=frozenset({1}))
+        >>> s.describe()
+        'int64[1, *]'
+    """
+
+    dtype: torch.dtype  # exact dtype required
+    shape: tuple[int, ...]  # the example's shape
+    dynamic: frozenset[int] = frozenset()  # dimensions (non-negative) that may differ
+
+    def describe(self) -> str:
+        """``dtype[d0, *, ...]`` with ``*`` for dynamic dimensions."""
+        dims = ", ".join("*" if i in self.dynamic else str(d) for i, d in enumerate(self.shape))
+        return f"{str(self.dtype).replace('torch.', '')}[{dims}]"
+
+
+class InputSignature:
+    """The signature of a model's positional inputs, taken from example inputs.
+
+    Args:
+        example_inputs: a tensor or a tuple of tensors (as given to ``graphs.capture``).
+        dynamic_dims: input index -> dimensions allowed to vary (e.g. ``{0: [1]}`` for a
+            variable sequence length); negative dimensions count from the end.
+        allow_meta: accept meta tensors (timing-only runs); otherwise they are rejected.
+
+    Example:
+        >>> sig = InputSignature((torch.zeros(1, 8, dtype=torch.long),), dynamic_dims={0: [-1]})
+        >>> sig.check((torch.zeros(1, 5, dtype=torch.long),))
+        >>> sig.check((torch.zeros(2, 5, dtype=torch.long),))
+        Traceback (most recent call last):
+        ...
+        scheduler.errors.InputSignatureError: input 0: dimension 0 is 2, expected 1 (signature int64[1, *]); ...
+    """
+
+    def __init__(self, example_inputs: Any, dynamic_dims: Mapping[int, Iterable[int]] | None = None,
+                 allow_meta: bool = False):
+        self.allow_meta = bool(allow_meta)
+        if isinstance(example_inputs, torch.Tensor):
+            example_inputs = (example_inputs,)
+        if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
+            raise RuntimeConfigError(
+                f"example_inputs must be a non-empty tuple of tensors (or one tensor), got "
+                f"{type(example_inputs).__name__}")
+        specs = []
+        dyn = dict(dynamic_dims or {})
+        for k in dyn:
+            if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < len(example_inputs):
+                raise RuntimeConfigError(
+                    f"dynamic_dims names input {k!r}; valid input indices: 0..{len(example_inputs) - 1}")
+        for i, x in enumerate(example_inputs):
+            if not isinstance(x, torch.Tensor):
+                raise RuntimeConfigError(f"example_inputs[{i}] is a {type(x).__name__}, not a torch.Tensor")
+            dims = set()
+            for d in dyn.get(i, ()):
+                if not isinstance(d, int) or isinstance(d, bool) or not -x.dim() <= d < x.dim():
+                    raise RuntimeConfigError(
+                        f"dynamic_dims[{i}] names dimension {d!r}; input {i} has rank {x.dim()} "
+                        f"(valid: {-x.dim()}..{x.dim() - 1})")
+                dims.add(d % x.dim())
+            specs.append(TensorSpec(dtype=x.dtype, shape=tuple(x.shape), dynamic=frozenset(dims)))
+        self.specs: tuple[TensorSpec, ...] = tuple(specs)
+
+    def describe(self) -> str:
+        """The signature as text, e.g. ``(int64[1, *])``."""
+        return "(" + ", ".join(s.describe() for s in self.specs) + ")"
+
+    def check(self, inputs: Sequence[Any]) -> None:
+        """Raise :class:`~scheduler.errors.InputSignatureError` naming the first mismatch."""
+        sig = self.describe()
+        if len(inputs) != len(self.specs):
+            raise InputSignatureError(
+                f"expected {len(self.specs)} input(s) {sig}, got {len(inputs)}")
+        for i, (x, s) in enumerate(zip(inputs, self.specs)):
+            if not isinstance(x, torch.Tensor):
+                raise InputSignatureError(
+                    f"input {i}: expected a torch.Tensor {s.describe()}, got {type(x).__name__}")
+            if x.device.type == "meta" and not self.allow_meta:
+                raise InputSignatureError(
+                    f"input {i}: is a meta tensor (no data); submit real tensors {s.describe()}")
+            if x.dtype != s.dtype:
+                raise InputSignatureError(
+                    f"input {i}: dtype {str(x.dtype).replace('torch.', '')}, expected "
+                    f"{str(s.dtype).replace('torch.', '')} (signature {s.describe()})")
+            if x.dim() != len(s.shape):
+                raise InputSignatureError(
+                    f"input {i}: rank {x.dim()} (shape {tuple(x.shape)}), expected rank "
+                    f"{len(s.shape)} (signature {s.describe()})")
+            for d, (got, want) in enumerate(zip(x.shape, s.shape)):
+                if d in s.dynamic:
+                    if got < 1:
+                        raise InputSignatureError(
+                            f"input {i}: dynamic dimension {d} is {got}; it must be >= 1")
+                elif got != want:
+                    raise InputSignatureError(
+                        f"input {i}: dimension {d} is {got}, expected {want} (signature "
+                        f"{s.describe()}); declare it in dynamic_dims={{{i}: [{d}]}} if it may vary")
+
+
+# --------------------------------------------------------------------- device specs
+_HOST_SPEC: Any = None
+
+
+def host_spec(name: str = "cpu"):
+    """A :class:`~executors.devices.DeviceSpec` for this machine's CPU, measured once per
+    process (a float32 matmul for peak FLOP/s, a large copy for memory bandwidth).
+
+    Example:
+        >>> s = host_spec()
+        >>> s.kind, s.flops_for("float32") > 0
+        ('cpu', True)
+    """
+    global _HOST_SPEC
+    from executors.devices import DeviceSpec
+
+    if _HOST_SPEC is None:
+        a = torch.randn(256, 256)
+        torch.mm(a, a)
+        reps, t0 = 8, time.perf_counter()
+        for _ in range(reps):
+            torch.mm(a, a)
+        flops = reps * 2 * 256 ** 3 / max(time.perf_counter() - t0, 1e-9)
+        buf = torch.empty(4 * 2 ** 20)  # 16 MiB
+        out = torch.empty_like(buf)
+        out.copy_(buf)
+        t0 = time.perf_counter()
+        for _ in range(4):
+            out.copy_(buf)
+        bw = 4 * 2 * buf.numel() * 4 / max(time.perf_counter() - t0, 1e-9)
+        try:
+            import psutil  # noqa: F401  (optional)
+            cap = float(psutil.virtual_memory().total)
+        except Exception:  # noqa: BLE001
+            cap = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+        _HOST_SPEC = DeviceSpec(
+            name="cpu", kind="cpu", peak_flops={"float32": flops}, mem_bandwidth=bw,
+            mem_capacity=cap, launch_overhead=5e-6,
+            sources={"peak_flops.float32": "measured here: 256x256 float32 torch.mm",
+                     "mem_bandwidth": "measured here: 16 MiB tensor copy",
+                     "launch_overhead": "estimate: eager PyTorch op dispatch, ~5 us"},
+            description="this machine's CPU (measured at runtime start)")
+    return _HOST_SPEC.replace(name=name)
+
+
+def _cuda_spec(name: str):
+    from executors.devices import DeviceSpec, LinkSpec
+
+    idx = int(name.split(":", 1)[1])
+    props = torch.cuda.get_device_properties(idx)
+    # rough: 2 FLOP/cycle/core x 128 cores per SM x clock; 1 TB/s class memory
+    clock = getattr(props, "clock_rate", 1.5e6) * 1e3 if hasattr(props, "clock_rate") else 1.5e9
+    fp32 = 2 * 128 * props.multi_processor_count * clock
+    spec = DeviceSpec(name=name, kind="gpu", peak_flops={"float32": fp32, "float16": 8 * fp32},
+                      mem_bandwidth=1e12, mem_capacity=float(props.total_memory),
+                      launch_overhead=1e-5, description=f"{props.name} (estimated from properties)")
+    return spec, LinkSpec(bandwidth=12e9, latency=1e-5, source="estimate: PCIe 3/4 x16 effective")
+
+
+def _parse_device(name: object) -> tuple[str, str]:
+    if not isinstance(name, str) or not name:
+        raise RuntimeConfigError(f"device name must be a non-empty string, got {name!r}; "
+                                 f"valid forms: {', '.join(DEVICE_FORMS)}")
+    if name == "cpu":
+        return "cpu", ""
+    head, sep, rest = name.partition(":")
+    if head in ("cuda", "npu") and (not sep or rest.isdigit()):
+        return head, rest
+    if sep and head == "sim" and rest:
+        return "sim", rest
+    from graphs.errors import UnknownNameError
+
+    raise UnknownNameError("device", name, DEVICE_FORMS)
+
+
+def build_cluster(devices: Sequence[str]):
+    """The :class:`~executors.devices.Cluster` of named devices (see the module docstring).
+
+    Simulated devices load their profile (renamed to the device name); links between two
+    devices are their host links in series, as :func:`executors.profiles.cluster` builds.
+
+    Example:
+        >>> c = build_cluster(["sim:atlas-200i-a2", "sim:edge-cpu-a76"])
+        >>> c.names, c.spec("sim:atlas-200i-a2").kind
+        (('sim:atlas-200i-a2', 'sim:edge-cpu-a76'), 'npu')
+    """
+    from executors import profiles
+    from executors.devices import DEFAULT_LINK, Cluster, LinkSpec
+
+    specs, hl = [], {}
+    for d in devices:
+        kind, rest = _parse_device(d)
+        if kind == "sim":
+            specs.append(profiles.load(rest, name=d))
+            hl[d] = profiles.host_link(rest)
+        elif kind == "cpu":
+            specs.append(host_spec(d))
+            hl[d] = None
+        elif kind == "cuda":
+            s, link = _cuda_spec(d)
+            specs.append(s)
+            hl[d] = link
+        else:  # npu: Atlas-class numbers from the built-in profile, renamed
+            specs.append(profiles.load("atlas-200i-a2", name=d))
+            hl[d] = profiles.host_link("atlas-200i-a2")
+    links = {}
+    names = list(devices)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            la, lb = hl[a], hl[b]
+            if la is None or lb is None:
+                link = la or lb
+            else:
+                link = LinkSpec(bandwidth=1.0 / (1.0 / la.bandwidth + 1.0 / lb.bandwidth),
+                                latency=la.latency + lb.latency, source="host links in series")
+            if link is not None:
+                links[(a, b)] = link
+    return Cluster.from_specs(specs, links=links, default_link=DEFAULT_LINK)
+
+
+def _init_loopback_ray(num_cpus: int, resources: Mapping[str, float]) -> None:
+    """Start an embedded single-machine Ray whose services listen on 127.0.0.1 only.
+
+    ``ray.init(_node_ip_address="127.0.0.1")`` alone does not do it: Ray 2.60 replaces a
+    loopback address by the machine's reachable IP (``services.resolve_ip_for_localhost``)
+    unless its ``ENABLE_RAY_CLUSTER`` constant is False, which is what Ray itself uses for
+    single-machine Ray on macOS and Windows. The constant is set for the duration of
+    ``ray.init`` only (checked in tests: node address and listening sockets are 127.0.0.1).
+    """
+    import ray
+
+    try:
+        import ray._private.ray_constants as rc
+    except Exception:  # noqa: BLE001 - a Ray without the constant: plain init
+        rc = None
+    old = getattr(rc, "ENABLE_RAY_CLUSTER", None)
+    if rc is not None and old is not None:
+        rc.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, _node_ip_address="127.0.0.1", resources=dict(resources))
+    finally:
+        if rc is not None and old is not None:
+            rc.ENABLE_RAY_CLUSTER = old
+
+
+# ---------------------------------------------------------------------------- Runtime
+class Runtime:
+    """Capture, place, partition and deploy a model on Ray actors, then serve requests.
+
+    Args:
+        model: the ``torch.nn.Module`` to serve (evaluated in inference mode).
+        example_inputs: a tensor or a tuple of tensors: the shapes it is captured and
+            placed for, and the signature submitted inputs must match.
+        devices: device names (see :data:`DEVICE_FORMS`); None: :func:`executors.detect`.
+        policy: a policy name from :func:`policies.available` or a ``Policy`` instance.
+        gate: early-exit gate (a later issue); anything but None raises NotImplementedError.
+        ray_address: join this Ray cluster (also ``RAY_ADDRESS``); None: local Ray.
+        granularity: capture granularity, ``"op" | "module" | "layer"``.
+        cost_model: a :class:`policies.cost.CostModel`; default ``RooflineCostModel``.
+        max_in_flight: requests in flight at once (backpressure beyond).
+        submit_timeout: seconds :meth:`submit` may block on backpressure (None: forever)
+            before raising :class:`~scheduler.errors.SubmitTimeout`.
+        request_timeout: seconds a request may take (None: no limit) before its future
+            gets :class:`~scheduler.errors.RequestTimeout`.
+        pace: real seconds slept per simulated second on ``sim:`` devices (None: no
+            pacing, results come as fast as the CPU computes them).
+        trace: False, True (keep events for :meth:`write_trace`), or a path: a Chrome
+            trace written at :meth:`shutdown`.
+        dynamic_dims: input index -> dimensions that may vary between requests.
+        policy_options: options for a policy given by name.
+        max_retries: retries of a request after an executor or actor failure.
+        max_restarts: Ray restarts of a dead executor actor.
+        recovery_timeout: seconds to wait for a dead actor to come back before the requests
+            that need it fail with :class:`~scheduler.errors.RequestFailed`.
+        history: measurements and request records kept for stats and traces.
+        timing_only: run ``sim:`` devices on meta tensors (no real output; for sizes that do
+            not fit here); results are then meta tensors.
+        executor_options: extra keyword arguments for every executor.
+
+    Raises:
+        RuntimeConfigError: a bad option value (the message names it and the choices).
+        graphs.errors.UnknownNameError: an unknown device form, policy or granularity.
+        NotImplementedError: ``gate`` is not None (gating arrives with a later issue).
+    """
+
+    def __init__(self, model: torch.nn.Module, example_inputs: Any,
+                 devices: Sequence[str] | None = None, policy: Any = "heft", gate: Any = None,
+                 ray_address: str | None = None, *, granularity: str = "layer",
+                 cost_model: Any = None, max_in_flight: int = 32,
+                 submit_timeout: float | None = None, request_timeout: float | None = None,
+                 pace: float | None = None, trace: bool | str | os.PathLike = False,
+                 dynamic_dims: Mapping[int, Iterable[int]] | None = None,
+                 policy_options: Mapping[str, Any] | None = None, max_retries: int = 3,
+                 max_restarts: int = 4, recovery_timeout: float = 30.0, history: int = 100_000,
+                 timing_only: bool = False,
+                 executor_options: Mapping[str, Any] | None = None):
+        if gate is not None:
+            raise NotImplementedError(
+                "gate: early-exit gating is not implemented in the Runtime yet (it arrives with "
+                "the gating issue); pass gate=None")
+        self._closed = True  # until fully deployed: shutdown() then cleans up what exists
+        self._actors: dict[str, Any] = {}
+        self._owns_ray = False
+        self._dispatcher: Dispatcher | None = None
+        self._check_options(model, max_in_flight, submit_timeout, request_timeout, pace,
+                            max_retries, max_restarts, history, trace)
+        if not (isinstance(recovery_timeout, (int, float)) and not isinstance(recovery_timeout, bool)
+                and math.isfinite(recovery_timeout) and recovery_timeout > 0):
+            raise RuntimeConfigError(
+                f"recovery_timeout must be a finite number of seconds > 0, got {recovery_timeout!r}")
+        self.signature = InputSignature(example_inputs, dynamic_dims, allow_meta=bool(timing_only))
+        self.example_inputs = ((example_inputs,) if isinstance(example_inputs, torch.Tensor)
+                               else tuple(example_inputs))
+        self.pace = pace
+        self.timing_only = bool(timing_only)
+        self._trace_path = None if isinstance(trace, bool) else os.fspath(trace)
+        self._lock = threading.Lock()
+
+        # devices and cluster
+        if devices is None:
+            from executors import detect
+
+            devices = detect()
+        if isinstance(devices, str) or not isinstance(devices, (list, tuple)) or not devices:
+            raise RuntimeConfigError(
+                f"devices must be a non-empty list of device names, got {devices!r}; "
+                f"valid forms: {', '.join(DEVICE_FORMS)}")
+        devices = tuple(devices)
+        for d in devices:
+            _parse_device(d)
+        if timing_only and not all(d.startswith("sim:") for d in devices):
+            raise RuntimeConfigError(
+                f"timing_only runs only on simulated devices (sim:<profile>); got "
+                f"{', '.join(d for d in devices if not d.startswith('sim:'))}")
+        dup = sorted({d for d in devices if devices.count(d) > 1})
+        if dup:
+            raise RuntimeConfigError(f"device(s) listed twice: {', '.join(dup)}")
+        self.devices = devices
+        self.cluster = build_cluster(devices)
+
+        # capture, cost model, plan, partitions
+        from graphs.capture import capture
+        from graphs.partition import partition
+
+        model.eval()
+        self.model = model
+        self.graph = capture(model, self.example_inputs, granularity=granularity)
+        if cost_model is None:
+            from policies.roofline import RooflineCostModel
+
+            cost_model = RooflineCostModel(self.cluster)
+        else:
+            from policies.cost import CostModel
+
+            if not isinstance(cost_model, CostModel):
+                raise RuntimeConfigError(
+                    f"cost_model must be a policies.cost.CostModel, got {type(cost_model).__name__}")
+        self.cost_model = cost_model
+        self.policy = self._policy(policy, policy_options)
+        self.plan = self.policy.place(self.graph, self.cluster, self.cost_model)
+        self.partitioned = partition(self.graph, self.plan.assignment)
+        self.predicted = {p.id: self._predict(p) for p in self.partitioned.parts}
+        self._transfer, self._sim_dag = self._transfers()
+
+        # Ray and actors
+        self._max_restarts = max_restarts
+        self._recovery_timeout = recovery_timeout
+        self._executor_options = dict(executor_options or {})
+        self._init_ray(ray_address)
+        self.recorder = StatsRecorder(history=history, pace=pace)
+        power = {d: self.cost_model.power(d) for d in self.devices}
+        pm = self.partitioned
+        try:
+            self._deploy()
+            self._dispatcher = Dispatcher(
+                [Stage(p.id, p.device, p.inputs, p.outputs) for p in pm.parts], self._actors,
+                pm.input_names, pm.output_spec.names,
+                lambda vals: pm.output_spec.build(dict(zip(pm.output_spec.names, vals))),
+                self.recorder, dag=self._sim_dag, transfer=self._transfer_time, power=power,
+                max_in_flight=max_in_flight, submit_timeout=submit_timeout,
+                request_timeout=request_timeout, max_retries=max_retries, recover=self._recover)
+        except BaseException:
+            self.shutdown(wait=False)  # kill what was deployed; stop Ray if we started it
+            raise
+        self._closed = False
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _check_options(model, max_in_flight, submit_timeout, request_timeout, pace,
+                       max_retries, max_restarts, history, trace) -> None:
+        if not isinstance(model, torch.nn.Module):
+            raise RuntimeConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+        def positive_int(name, v):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise RuntimeConfigError(f"{name} must be an int >= 1, got {v!r}")
+
+        def seconds(name, v, allow_zero=False):
+            if v is None:
+                return
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if not ok or v < 0 or (v == 0 and not allow_zero):
+                raise RuntimeConfigError(
+                    f"{name} must be None or a finite number of seconds {'>=' if allow_zero else '>'} 0, "
+                    f"got {v!r}")
+
+        positive_int("max_in_flight", max_in_flight)
+        positive_int("history", history)
+        seconds("submit_timeout", submit_timeout, allow_zero=True)
+        seconds("request_timeout", request_timeout)
+        seconds("pace", pace)
+        for name, v in (("max_retries", max_retries), ("max_restarts", max_restarts)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise RuntimeConfigError(f"{name} must be an int >= 0, got {v!r}")
+        if not isinstance(trace, (bool, str, os.PathLike)):
+            raise RuntimeConfigError(f"trace must be a bool or a file path, got {type(trace).__name__}")
+
+    def _policy(self, policy: Any, options: Mapping[str, Any] | None):
+        import policies
+        from policies.base import Policy
+
+        if isinstance(policy, Policy):
+            if options:
+                raise RuntimeConfigError("policy_options apply to a policy given by name; "
+                                         "configure the Policy instance instead")
+            return policy
+        if isinstance(policy, str):
+            return policies.get(policy, **dict(options or {}))
+        raise RuntimeConfigError(
+            f"policy must be a policy name or a policies.base.Policy, got {type(policy).__name__}; "
+            f"valid names: {', '.join(policies.available())}")
+
+    def _predict(self, part) -> float:
+        return float(sum(self.cost_model.node_time(self.graph, n, part.device) for n in part.nodes))
+
+    def _transfers(self):
+        """Partition-level transfer seconds (the slowest OpGraph edge crossing each
+        partition edge, as links are contention-free in the simulator) and a DAG with a
+        virtual source (model inputs) and sink (model output) for simulated makespans."""
+        import networkx as nx
+
+        g, plan, pm = self.graph, self.plan, self.partitioned
+        part_of = {n: p.id for p in pm.parts for n in p.nodes}
+        src, snk = "__inputs__", "__output__"
+        dag = nx.DiGraph()
+        dag.add_nodes_from([src, snk, *range(len(pm.parts))])
+        dag.add_edges_from(pm.dag.edges)
+        times: dict[tuple, float] = {}
+        for u, v in g.edges:
+            pu, pv = part_of.get(u, src), part_of.get(v, snk)
+            if pu == pv or (pu == src and pv == snk):
+                continue
+            du = pm.parts[pu].device if pu != src else plan.assignment.get(u)
+            dv = pm.parts[pv].device if pv != snk else plan.assignment.get(v)
+            if du is None or dv is None:
+                continue
+            t = self.cost_model.edge_time(g, u, v, du, dv) if du != dv else 0.0
+            dag.add_edge(pu, pv)
+            times[(pu, pv)] = max(times.get((pu, pv), 0.0), t)
+        for p in range(len(pm.parts)):
+            if dag.in_degree(p) == 0:
+                dag.add_edge(src, p)
+            if dag.out_degree(p) == 0:
+                dag.add_edge(p, snk)
+        return times, dag
+
+    def _transfer_time(self, u: Hashable, v: Hashable) -> float:
+        return self._transfer.get((u, v), 0.0)
+
+    def _init_ray(self, address: str | None) -> None:
+        import ray
+
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if ray.is_initialized():
+            return
+        if address:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        else:
+            _init_loopback_ray(num_cpus=max(2, len(self.devices)), resources=self._sim_resources())
+        self._owns_ray = True
+
+    def _sim_resources(self) -> dict[str, float]:
+        try:
+            from executors.ray_actor import sim_resource
+        except ImportError:
+            return {}
+        out = {}
+        for d in self.devices:
+            if d.startswith("sim:"):
+                r = sim_resource(d)
+                if r:
+                    out[r] = out.get(r, 0) + 1
+        return out
+
+    def _actor_kwargs(self, device: str) -> dict[str, Any]:
+        kw = dict(self._executor_options)
+        kw.setdefault("threads", 1)
+        if device.startswith("sim:"):
+            # the runtime passes each partition's predicted seconds at load, so the actor
+            # needs the spec (a profile file may not exist on a remote node) but no cost model
+            kw.setdefault("spec", self.cluster.spec(device))
+            kw.setdefault("pace", self.pace)
+            if self.timing_only:
+                kw.setdefault("timing_only", True)
+        return kw
+
+    def _deploy(self) -> None:
+        import ray
+        from executors.ray_actor import ExecutorActor, actor_options
+
+        used = sorted({p.device for p in self.partitioned.parts}, key=self.devices.index)
+        for d in used:
+            opts = dict(actor_options(d))
+            opts.setdefault("max_restarts", self._max_restarts)
+            opts.setdefault("max_task_retries", 0)
+            self._actors[d] = ExecutorActor.options(**opts).remote(d, **self._actor_kwargs(d))
+        ray.get([self._actors[p.device].load.remote(p, self.predicted[p.id])
+                 for p in self.partitioned.parts])
+
+    def _recover(self) -> None:
+        """Bring every actor back with its partitions loaded (called before a retry)."""
+        import ray
+
+        with self._lock:
+            for d, actor in self._actors.items():
+                deadline = time.monotonic() + self._recovery_timeout
+                while True:
+                    try:
+                        loaded = set(ray.get(actor.loaded.remote(), timeout=self._recovery_timeout))
+                        break
+                    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.1)  # restarting
+                missing = [p for p in self.partitioned.parts if p.device == d and p.id not in loaded]
+                if missing:
+                    ray.get([actor.load.remote(p, self.predicted[p.id]) for p in missing], timeout=60)
+
+    # --------------------------------------------------------------- serving
+    def submit(self, *inputs: Any, request_timeout: float | None = None) -> cf.Future:
+        """Submit one request; the future's result is the model's output (same pytree).
+
+        Blocks while ``max_in_flight`` requests are in flight (backpressure), raising
+        :class:`~scheduler.errors.SubmitTimeout` after ``submit_timeout`` seconds.
+        ``future.cancel()`` before completion cancels the request: the future is cancelled
+        and its slot freed at once; calls already sent to actors run to their end and their
+        results are dropped (see :mod:`scheduler.dispatch` for why they are not ray.cancel'ed).
+        ``request_timeout`` (seconds) overrides the runtime's for this request.
+
+        Raises:
+            InputSignatureError: the inputs do not match the example inputs' signature.
+            RuntimeClosedError: the runtime was shut down.
+        """
+        if self._closed:
+            raise RuntimeClosedError("the runtime is shut down; create a new Runtime to submit")
+        self.signature.check(inputs)
+        values = self.partitioned.bind(*inputs)
+        if request_timeout is not None:
+            self._check_options(self.model, 1, None, request_timeout, None, 0, 0, 1, False)
+        return self._dispatcher.submit(tuple(values[n] for n in self.partitioned.input_names),
+                                       request_timeout=request_timeout)
+
+    def run(self, *inputs: Any, timeout: float | None = None) -> Any:
+        """Submit one request and wait for its result (``timeout`` seconds at most)."""
+        return self.submit(*inputs).result(timeout=timeout)
+
+    def map(self, inputs: Iterable[Sequence[Any]], timeout: float | None = None) -> list:
+        """Results of many requests, pipelined (each item is one request's input tuple)."""
+        futs = [self.submit(*x) for x in inputs]
+        return [f.result(timeout=timeout) for f in futs]
+
+    def on_measurement(self, callback: Callable[[Measurement], None]) -> None:
+        """Call ``callback(measurement)`` for every partition call measured from now on
+        (from the runtime's completion thread: keep it short)."""
+        if not callable(callback):
+            raise RuntimeConfigError(f"on_measurement needs a callable, got {type(callback).__name__}")
+        self._dispatcher.on_measurement.append(callback)
+
+    # -------------------------------------------------------------- reporting
+    def stats(self) -> RuntimeStats:
+        """Latency percentiles, throughput, per-device busy time and utilisation (wall and
+        simulated), energy per request on simulated devices, retries, requests in flight."""
+        if self._dispatcher is not None:
+            self._dispatcher.flush()
+        return self.recorder.summary(in_flight=self._dispatcher.in_flight if self._dispatcher else 0)
+
+    def measurements(self) -> list[Measurement]:
+        """The kept partition-call measurements (up to ``history``), oldest first."""
+        if self._dispatcher is not None:
+            self._dispatcher.flush()
+        return self.recorder.measurements()
+
+    def requests(self) -> list:
+        """The kept finished-request records (:class:`scheduler.stats.RequestRecord`)."""
+        if self._dispatcher is not None:
+            self._dispatcher.flush()
+        return self.recorder.requests()
+
+    def reset_stats(self) -> None:
+        """Forget the measurements so far (e.g. after a warm-up)."""
+        if self._dispatcher is not None:
+            self._dispatcher.flush()
+        self.recorder.reset()
+
+    @property
+    def predicted_makespan(self) -> float:
+        """Seconds of one request along the partition DAG by the cost model's predictions."""
+        from .stats import dag_makespan
+
+        return dag_makespan(self._sim_dag, self.predicted, self._transfer_time)
+
+    def events(self, time: str = "wall") -> list:
+        """Trace events (:class:`scheduler.trace.TraceEvent`) of the recorded partition
+        calls, in measured wall time (``"wall"``, seconds since the first call) or in
+        simulated time (``"simulated"``: simulated durations; with ``pace`` the wall start
+        times are rescaled, without it each device replays its calls back to back in the
+        order they ran, each starting when its inputs' partitions have finished)."""
+        from .trace import TraceEvent
+
+        if time not in TIME_BASES:
+            from graphs.errors import UnknownNameError
+
+            raise UnknownNameError("time base", time, TIME_BASES)
+        ms = sorted(self.measurements(), key=lambda m: m.start)
+        if not ms:
+            return []
+        t0 = ms[0].start
+        out = []
+        if time == "wall":
+            for m in ms:
+                out.append(TraceEvent(f"p{m.partition}", m.device, m.start - t0, m.start - t0 + m.wall,
+                                      request=m.request, args={"partition": m.partition,
+                                                               "attempt": m.attempt}))
+            return out
+        if self.pace:
+            for m in ms:
+                s = (m.start - t0) / self.pace
+                out.append(TraceEvent(f"p{m.partition}", m.device, s, s + m.duration,
+                                      request=m.request, args={"partition": m.partition}))
+            return out
+        free: dict[str, float] = {}
+        fin: dict[tuple, float] = {}
+        dag = self.partitioned.dag
+        for m in ms:
+            ready = max((fin.get((m.request, m.attempt, q), 0.0) + self._transfer_time(q, m.partition)
+                         for q in dag.predecessors(m.partition)), default=0.0)
+            s = max(ready, free.get(m.device, 0.0))
+            e = s + m.duration
+            free[m.device] = e
+            fin[(m.request, m.attempt, m.partition)] = e
+            out.append(TraceEvent(f"p{m.partition}", m.device, s, e, request=m.request,
+                                  args={"partition": m.partition}))
+        return out
+
+    def write_trace(self, path: str | os.PathLike, time: str = "wall") -> dict:
+        """Write a Chrome / Perfetto trace of what ran where; returns the JSON document."""
+        from .trace import to_chrome_trace
+
+        return to_chrome_trace(self.events(time), path)
+
+    def write_gantt(self, path: str | os.PathLike, time: str = "wall", **kw: Any) -> int:
+        """Draw a Gantt chart (PNG) of what ran where; returns the number of bars."""
+        from .trace import gantt
+
+        kw.setdefault("title", f"{self.graph.name}: {self.plan.policy} ({time} time)")
+        return gantt(self.events(time), path, **kw)
+
+    # -------------------------------------------------------------- lifecycle
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`shutdown`."""
+        return self._closed
+
+    def shutdown(self, wait: bool = True, timeout: float | None = 30.0) -> None:
+        """Stop serving: wait for requests in flight (``wait``) or fail them, kill the
+        actors, and stop Ray if this runtime started it. Idempotent."""
+        import ray
+
+        d = self._dispatcher
+        if d is not None and not d._closed:
+            if wait and not self._closed:
+                d.drain(timeout)
+            d.close(cancel=True)
+        self._closed = True
+        if self._trace_path and d is not None:
+            try:
+                self.write_trace(self._trace_path)
+            except Exception:  # noqa: BLE001 - never fail a shutdown over a trace
+                pass
+        for a in self._actors.values():
+            try:
+                ray.kill(a)
+            except Exception:  # noqa: BLE001
+                pass
+        self._actors.clear()
+        if self._owns_ray and ray.is_initialized():
+            ray.shutdown()
+            self._owns_ray = False
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            if not self._closed:
+                self.shutdown(wait=False)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self._dispatcher.in_flight} in flight"
+        return (f"Runtime({self.graph.name!r}, devices={list(self.devices)}, "
+                f"policy={self.plan.policy!r}, partitions={len(self.partitioned)}, {state})")
