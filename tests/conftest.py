@@ -31,7 +31,9 @@ def ray_session():
     """The session's one local Ray instance (started on first use, ~3-7 s)."""
     ray = pytest.importorskip("ray")
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 _node_ip_address="127.0.0.1", configure_logging=False)
+        # the Runtime's own embedded start: services bound to 127.0.0.1 only
+        from scheduler.runtime import _init_loopback_ray
+
+        _init_loopback_ray(num_cpus=4, resources={})
     yield ray
     ray.shutdown()
