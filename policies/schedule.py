@@ -48,7 +48,12 @@ the node and edge indices, the time matrix ``T[node, device]``
 (:meth:`CostModel.time_matrix`) and the transfer matrix ``C[edge, src, dst]``
 (:meth:`CostModel.edge_time_matrix`). Callers that evaluate many assignments (local
 search, exact-method warm starts) build one context and call :meth:`ScheduleContext.schedule`
-or the cheaper :meth:`ScheduleContext.makespan` repeatedly.
+or the cheaper :meth:`ScheduleContext.makespan` / :meth:`ScheduleContext.makespan_indices`
+repeatedly. With an assignment that needs no fallback, the engine computes each node's
+data-ready time on its assigned device only, and without insertion it keeps only each
+device's last finish. :class:`IncrementalSchedule` goes further for searches that
+change a few nodes at a time: it resumes an append-only schedule at the first changed
+position and can stop early once a candidate provably cannot beat a given makespan.
 
 Example:
     >>> import networkx as nx
@@ -76,7 +81,7 @@ from .cost import CostModel
 from .errors import InfeasiblePlacement, PolicyError
 from .plan import Plan
 
-__all__ = ["ScheduleContext", "list_schedule", "Choose"]
+__all__ = ["ScheduleContext", "IncrementalSchedule", "list_schedule", "Choose"]
 
 #: ``choose(node, candidates) -> device``; ``candidates`` maps each feasible device to
 #: ``(earliest start, earliest finish)`` of the node there.
@@ -166,6 +171,12 @@ class ScheduleContext:
         self._C = C.ravel().tolist()
         self._mem = self.mem.tolist()
         self._cap = self.capacity.tolist()
+        # for the fixed-assignment path, which needs the ready time on one device only:
+        # ``_Cto[b][e * m + a]`` is ``C[e, a, b]`` and ``_pin[i]`` lists ``(p, e * m)``
+        self._Cto = [np.ascontiguousarray(C[:, :, b]).ravel().tolist() for b in range(m)]
+        self._pin: list[list[tuple[int, int]]] = [[(p, e * m) for p, e in ps] for ps in self.preds]
+        self._tails: list[float] | None = None
+        self._nogate = [_INF] * n
 
     # ------------------------------------------------------------------ helpers
     def mean_node_time(self) -> np.ndarray:
@@ -196,6 +207,23 @@ class ScheduleContext:
             best[i] = b + w[i]
         return max(best, default=0.0)
 
+    def _tail_bound(self) -> list[float]:
+        """Per node, a lower bound on (makespan - its finish) in any schedule: the longest
+        path after it with fastest times and free transfers, shrunk by a relative 1e-9 so
+        that float round-off can never make ``finish + tail`` exceed the true makespan."""
+        if self._tails is None:
+            w = self.min_node_time().tolist()
+            tail = [0.0] * len(self.nodes)
+            for i in reversed(self.topo):
+                t = 0.0
+                for s, _ in self.succs[i]:
+                    x = w[s] + tail[s]
+                    if x > t:
+                        t = x
+                tail[i] = t
+            self._tails = [t * (1 - 1e-9) for t in tail]
+        return self._tails
+
     def priority_indices(self, priority: Sequence[Hashable]) -> list[int]:
         """Node indices of ``priority``; raises :class:`PolicyError` unless it is a
         topological order of every node exactly once."""
@@ -220,7 +248,11 @@ class ScheduleContext:
 
     # ------------------------------------------------------------------ engine
     def _run(self, prio: list[int], assign: list[int] | None, choose: Choose | None,
-             insertion: bool, opts: Mapping[str, Any]):
+             insertion: bool, opts: Mapping[str, Any], want_plan: bool = True):
+        """Schedule ``prio`` (node indices); returns ``(dev, start, finish, slots, resident,
+        makespan, fallbacks)`` (``slots[j]``: node indices on device ``j`` by start; with
+        ``want_plan=False`` on the fixed-assignment path ``start`` and ``slots`` may be
+        left empty: only the makespan is wanted)."""
         n, m = len(self.nodes), len(self.devices)
         T, C, preds, mem, cap = self._T, self._C, self.preds, self._mem, self._cap
         names, devices = self.nodes, self.devices
@@ -231,6 +263,10 @@ class ScheduleContext:
                                   or math.isnan(bound) or bound < 0):
             raise PolicyError(f"latency_bound must be a number of seconds >= 0 (or None), got {bound!r}")
         energy = opts.get("objective", "latency") == "energy" and choose is None and assign is None
+        if assign is not None and choose is None and self._fits_as_assigned(prio, assign, respect_memory):
+            out = self._run_fixed(prio, assign, insertion, want_plan)
+            _check_bound(out[5], bound)
+            return out
         if energy:
             powers = self._powers()
             slack = opts.get("energy_slack", 0.1)
@@ -330,11 +366,125 @@ class ScheduleContext:
                 if best_f > cur:
                     cur = best_f
         makespan = max(finish, default=0.0)
-        if bound is not None and makespan > bound * (1 + 1e-12):
-            raise InfeasiblePlacement(
-                f"makespan {makespan:.6g} s exceeds latency_bound {bound:.6g} s by {makespan - bound:.6g} s",
-                shortfall=makespan - bound)
+        _check_bound(makespan, bound)
         return dev, start, finish, slots, resident, makespan, fallbacks
+
+    def _fits_as_assigned(self, prio: list[int], assign: list[int], respect_memory: bool) -> bool:
+        """True when no node of ``assign`` needs a fallback: every node's device can run it
+        and (with ``respect_memory``) every device's total fits. Resident bytes only grow,
+        and float partial sums of non-negative terms taken in ``prio`` order never exceed
+        the total, so the total fitting means every node fits when it is placed."""
+        T = self._T
+        try:
+            if any(T[i][assign[i]] == _INF for i in prio):
+                return False
+        except (IndexError, TypeError):
+            return False
+        if not respect_memory:
+            return True
+        cap, mem = self._cap, self._mem
+        if all(c == _INF for c in cap):
+            return True
+        res = [0.0] * len(self.devices)
+        for i in prio:
+            res[assign[i]] += mem[i]
+        return all(r <= c for r, c in zip(res, cap))
+
+    def _run_fixed(self, prio: list[int], assign: list[int], insertion: bool, want_plan: bool):
+        """:meth:`_run` for an assignment that needs no fallback: the data-ready time is
+        computed on the assigned device only."""
+        n, m = len(self.nodes), len(self.devices)
+        finish = [0.0] * n
+        resident = [0.0] * m
+        mem = self._mem
+        for i in prio:
+            resident[assign[i]] += mem[i]
+        if not insertion:
+            start = [0.0] * n if want_plan else None
+            makespan = self._append(prio, assign, 0, len(prio), finish, [0.0] * m, 0.0, _INF, None,
+                                    start, None)
+            slots: list[list[int]] = [[] for _ in range(m)]
+            if want_plan:
+                for i in prio:  # appended: a device's order is the priority order
+                    slots[assign[i]].append(i)
+            return list(assign), start or [], finish, slots, resident, makespan, {}
+        T, Cto, pin = self._T, self._Cto, self._pin
+        start = [0.0] * n
+        starts: list[list[float]] = [[] for _ in range(m)]
+        ends: list[list[float]] = [[] for _ in range(m)]
+        slots = [[] for _ in range(m)]
+        makespan = 0.0
+        for i in prio:
+            j = assign[i]
+            Cj = Cto[j]
+            r = 0.0
+            for p, em in pin[i]:
+                x = finish[p] + Cj[em + assign[p]]
+                if x > r:
+                    r = x
+            d = T[i][j]
+            s, k = _slot(starts[j], ends[j], r, d, True)
+            f = s + d
+            start[i] = s
+            finish[i] = f
+            if f > makespan:
+                makespan = f
+            starts[j].insert(k, s)
+            ends[j].insert(k, f)
+            if want_plan:
+                slots[j].insert(k, i)
+        return list(assign), start, finish, slots, resident, makespan, {}
+
+    def _append(self, prio: Sequence[int], assign: Sequence[int], k: int, end: int,
+                finish: list[float], last: list[float], makespan: float, cutoff: float,
+                bound: tuple | None, start: list[float] | None, snaps: list | None) -> float:
+        """The append-only (``insertion=False``) loop for a fixed assignment that needs no
+        fallback, over positions ``k .. end - 1`` of ``prio``.
+
+        ``finish`` holds the finish of every node before position ``k`` (the others are
+        overwritten), ``last[j]`` the finish of the last node on device ``j`` and ``makespan``
+        the largest finish so far; ``finish`` and ``last`` are updated in place. ``start``,
+        if given, receives start times. ``snaps``, if given, gets ``(makespan, list(last))``
+        appended before each position (and, at ``end == len(prio)``, after the last), so a
+        later run can resume at any position. Returns the makespan so far, or a lower bound
+        (``>= cutoff``) of the final makespan as soon as one reaches ``cutoff``.
+
+        ``bound`` is ``(tail, gate, floor)``: the final makespan is at least a node's finish
+        plus ``tail[node]``, and at least ``floor`` once a node finishes at or after
+        ``gate[node]``. Default (None): :meth:`_tail_bound` and no gates.
+        """
+        T, Cto, pin = self._T, self._Cto, self._pin
+        if cutoff == _INF:
+            tail = None
+        else:
+            tail, gate, floor = bound if bound is not None else (self._tail_bound(), self._nogate, 0.0)
+        for pos in range(k, end):
+            if snaps is not None:
+                snaps.append((makespan, list(last)))
+            i = prio[pos]
+            j = assign[i]
+            Cj = Cto[j]
+            s = last[j]
+            for p, em in pin[i]:
+                x = finish[p] + Cj[em + assign[p]]
+                if x > s:
+                    s = x
+            f = s + T[i][j]
+            finish[i] = f
+            last[j] = f
+            if start is not None:
+                start[i] = s
+            if f > makespan:
+                makespan = f
+            if tail is not None:
+                b = f + tail[i]
+                if b >= cutoff:
+                    return b
+                if f >= gate[i]:
+                    return floor
+        if snaps is not None and end == len(prio):
+            snaps.append((makespan, list(last)))
+        return makespan
 
     def _able(self, i: int) -> str:
         return ", ".join(d for j, d in enumerate(self.devices) if self._T[i][j] != _INF)
@@ -420,13 +570,30 @@ class ScheduleContext:
         Raises :class:`InfeasiblePlacement` like :meth:`schedule` does.
         """
         prio = self.priority_indices(priority)
-        return self._run(prio, self._assign_indices(assignment), None, insertion, dict(options or {}))[5]
+        return self._run(prio, self._assign_indices(assignment), None, insertion, dict(options or {}),
+                         want_plan=False)[5]
 
     def makespan_indices(self, prio: Sequence[int], assign: Sequence[int], *, insertion: bool = True,
                          options: Mapping[str, Any] | None = None) -> float:
         """Fastest evaluation for search loops: ``prio`` node indices in a topological order
-        (not checked) and ``assign[i]`` the device index of node ``i``."""
-        return self._run(list(prio), list(assign), None, insertion, dict(options or {}))[5]
+        (not checked) and ``assign[i]`` the device index of node ``i``.
+
+        Each node's data-ready time is computed on its assigned device only (unless it
+        needs a fallback); for many assignments that share a prefix of the schedule,
+        :class:`IncrementalSchedule` resumes instead of starting over."""
+        return self._run(prio if isinstance(prio, list) else list(prio),
+                         assign if isinstance(assign, list) else list(assign),
+                         None, insertion, dict(options or {}), want_plan=False)[5]
+
+    def times_indices(self, prio: Sequence[int], assign: Sequence[int], *, insertion: bool = True,
+                      options: Mapping[str, Any] | None = None) -> tuple[list[float], list[float], float]:
+        """``(start, finish, makespan)`` of :meth:`makespan_indices`'s schedule, without a
+        Plan: ``start[i]`` / ``finish[i]`` per node index. A fallback moves a node to
+        another device; only :meth:`schedule` records which."""
+        out = self._run(prio if isinstance(prio, list) else list(prio),
+                        assign if isinstance(assign, list) else list(assign),
+                        None, insertion, dict(options or {}), want_plan=True)
+        return out[1], out[2], out[5]
 
     def _assign_indices(self, assignment: Mapping[Hashable, str]) -> list[int]:
         out = [-1] * len(self.nodes)
@@ -442,6 +609,192 @@ class ScheduleContext:
         if missing:
             raise PolicyError(f"assignment misses {len(missing)} node(s), e.g. {missing[:5]!r}")
         return out
+
+
+class IncrementalSchedule:
+    """Append-only makespans of assignments near a *base* one, resumed mid-schedule.
+
+    A local search changes one or two nodes' devices (or one node's place in the
+    priority list) at a time. With ``insertion=False`` (each node appended after the last
+    one on its device) the schedule of the nodes before the first changed position is the
+    base's, and the whole state of the engine at a position is the finish of the nodes
+    before it plus, per device, the finish of its last node. :meth:`rebase` schedules the
+    base once and saves that per-device state at every position (O(n m) floats);
+    :meth:`makespan` copies the base's finish times, restores the state at the first
+    changed position in O(m) and schedules only the rest. (With insertion the state is
+    each device's list of busy intervals, which cannot be restored this cheaply; a caller
+    can re-schedule its final answer with insertion, which starts no node later.)
+
+    An optional ``cutoff`` stops a run as soon as the makespan provably reaches it, which
+    is how a search discards a candidate that cannot beat the current one without
+    scheduling it to the end. The bound is a node's finish plus the longest path after it.
+    After the last position where a candidate differs from the base, every node keeps
+    its device, its successors' devices and its next node on its device (the nodes
+    before it come first), so the longest path in the base's schedule graph (:attr:`tail`:
+    precedence edges with the base's transfer times and device-order edges, node times
+    on the base's devices) bounds the rest exactly as in the base: a node finishing later
+    than the base's makespan minus its tail makes the candidate no better. Before that
+    position the fastest times and free transfers give a weaker bound. And with a
+    ``cutoff`` not above the base's makespan, a node of the base's critical chain
+    (:attr:`critical`: each starts exactly when the previous one's data arrives or the
+    previous one on its device ends) that finishes no earlier than in the base ends the
+    run: every later node of the chain then finishes no earlier either (float addition
+    is monotone, and a device's finishes never decrease along the priority order), the
+    last at the base's makespan, provided no node of the chain from there on changed
+    device or place. That stops the many candidates that leave the critical path alone
+    after a few nodes, where the tail bound (shrunk against round-off) would never quite
+    reach the cutoff.
+
+    Assignments must need no fallback (every node on a device that can run it); memory
+    is not checked here. Times equal :meth:`ScheduleContext.makespan_indices` with
+    ``insertion=False`` exactly (the same loop, the same float operations).
+
+    Example:
+        >>> import networkx as nx
+        >>> from executors.devices import Cluster
+        >>> from policies.abstract import TableCostModel
+        >>> g = nx.DiGraph([("a", "b"), ("b", "c")])
+        >>> cm = TableCostModel({v: {"x": 1, "y": 2} for v in "abc"}, {("a", "b"): 5, ("b", "c"): 5})
+        >>> ctx = ScheduleContext(g, Cluster.from_names(["x", "y"]), cm)
+        >>> inc = IncrementalSchedule(ctx)
+        >>> inc.rebase([0, 1, 2], [0, 0, 0])      # all on x
+        3.0
+        >>> inc.makespan([0, 1, 2], [0, 0, 1], 2)  # c moved to y: resume at position 2
+        9.0
+        >>> inc.makespan([0, 1, 2], [0, 0, 1], 2, cutoff=3.0) >= 3.0   # cannot beat 3
+        True
+    """
+
+    def __init__(self, context: ScheduleContext):
+        self.ctx = context
+        n, m = len(context.nodes), len(context.devices)
+        self.prio: list[int] = []          # base priority (node indices)
+        self.assign: list[int] = []        # base assignment (device index per node)
+        self.pos: list[int] = [0] * n      # position of each node in the base priority
+        self.start: list[float] = [0.0] * n   # base start per node, seconds
+        self.finish: list[float] = [0.0] * n  # base finish per node, seconds
+        self.makespan_value = 0.0          # base makespan, seconds
+        self.tail: list[float] = [0.0] * n    # per node, seconds after its finish (see above)
+        self.critical: list[int] = []      # one critical chain of the base, node indices in order
+        self._gate: list[float] = [_INF] * n  # base finish of the chain's nodes, inf elsewhere
+        self._snaps: list[tuple[float, list[float]]] = [(0.0, [0.0] * m)]
+
+    def rebase(self, prio: Sequence[int], assign: Sequence[int]) -> float:
+        """Schedule ``assign`` in ``prio`` order (node indices, a topological order) as the
+        new base, save the state at every position, and return its makespan."""
+        ctx = self.ctx
+        n, m = len(ctx.nodes), len(ctx.devices)
+        self.prio, self.assign = list(prio), list(assign)
+        for k, i in enumerate(self.prio):
+            self.pos[i] = k
+        finish, start = [0.0] * n, [0.0] * n
+        snaps: list = []
+        self.makespan_value = ctx._append(self.prio, self.assign, 0, n, finish, [0.0] * m, 0.0,
+                                          _INF, None, start, snaps)
+        self.start, self.finish, self._snaps = start, finish, snaps
+        # longest path after each node in the base's schedule graph: edges to successors
+        # (with the base's transfer times) and to the next node on the same device, node
+        # times on the base's devices; shrunk like ScheduleContext._tail_bound
+        T, Cto, a = ctx._T, ctx._Cto, self.assign
+        tail = [0.0] * n
+        nxt = [-1] * m  # per device, the next node on it (in priority order)
+        for i in reversed(self.prio):
+            ai = a[i]
+            t = 0.0
+            q = nxt[ai]
+            if q >= 0:
+                t = T[q][ai] + tail[q]
+            for q, e in ctx.succs[i]:
+                aq = a[q]
+                x = Cto[aq][e * m + ai] + T[q][aq] + tail[q]
+                if x > t:
+                    t = x
+            tail[i] = t
+            nxt[ai] = i
+        self.tail = [t * (1 - 1e-9) for t in tail]
+        # a critical chain, from the last finisher back: each node starts exactly when the
+        # previous one's data arrives or the previous one on its device ends
+        gate = [_INF] * n
+        chain: list[int] = []
+        if n:
+            prev_on = [-1] * n
+            seen = [-1] * m
+            for i in self.prio:
+                prev_on[i] = seen[a[i]]
+                seen[a[i]] = i
+            v = max(self.prio, key=finish.__getitem__)
+            while v >= 0:
+                chain.append(v)
+                gate[v] = finish[v]
+                s, av, nxt = start[v], a[v], -1
+                for q, e in ctx.preds[v]:
+                    if finish[q] + Cto[av][e * m + a[q]] == s:
+                        nxt = q
+                        break
+                else:
+                    q = prev_on[v]
+                    if q >= 0 and finish[q] == s:
+                        nxt = q
+                v = nxt if s > 0 else -1
+        self.critical, self._gate = chain[::-1], gate
+        return self.makespan_value
+
+    def makespan(self, prio: Sequence[int], assign: Sequence[int], k: int = 0,
+                 cutoff: float = _INF, moved_until: int | None = None,
+                 moved: Sequence[int] | None = None) -> float:
+        """Append-only makespan of ``assign`` taken in ``prio`` order, which must equal the
+        base's (order and devices) at positions before ``k``; ``k=0`` needs no base.
+
+        With a ``cutoff``, a result ``>= cutoff`` may be a lower bound of the makespan
+        rather than the makespan itself (the run stopped early); below it, it is exact.
+        ``moved_until``: the last position at which ``prio`` or ``assign`` differs from the
+        base (a re-assigned node's position, the far end of a moved node's old and new
+        positions); after it the base's :attr:`tail` bounds the rest. None: not known.
+        ``moved``: the nodes whose device or place differs from the base's (None: not
+        known); when none of them but one re-assigned at position ``k`` is on the
+        critical chain, the chain also bounds the run before ``moved_until``.
+        """
+        ctx = self.ctx
+        n = len(ctx.nodes)
+        if k:
+            mk, last = self._snaps[k]
+            last = list(last)
+            finish = self.finish[:]
+        else:
+            mk, last, finish = 0.0, [0.0] * len(ctx.devices), [0.0] * n
+        if cutoff == _INF or moved_until is None or moved_until >= n - 1:
+            return ctx._append(prio, assign, k, n, finish, last, mk, cutoff, None, None, None)
+        mid = max(k, moved_until + 1)
+        base = self.makespan_value
+        gate = self._gate if cutoff <= base else ctx._nogate
+        if mid > k:
+            loose = ctx._tail_bound()
+            # the node at position k itself may have changed: no gate there
+            mk = ctx._append(prio, assign, k, k + 1, finish, last, mk, cutoff,
+                             (loose, ctx._nogate, base), None, None)
+            if mk >= cutoff:
+                return mk
+            if mid > k + 1:
+                # a chain node after it that finishes no earlier than in the base still
+                # bounds the run if the chain from there on is intact: none of its nodes
+                # re-assigned or re-ordered (the one at position k comes before them)
+                g = ctx._nogate
+                if moved is not None and gate is self._gate and all(
+                        gate[x] == _INF or (prio[k] == x == self.prio[k]) for x in moved):
+                    g = gate
+                mk = ctx._append(prio, assign, k + 1, mid, finish, last, mk, cutoff,
+                                 (loose, g, base), None, None)
+                if mk >= cutoff:
+                    return mk
+        return ctx._append(prio, assign, mid, n, finish, last, mk, cutoff, (self.tail, gate, base),
+                           None, None)
+
+
+def _check_bound(makespan: float, bound: float | None) -> None:
+    if bound is not None and makespan > bound * (1 + 1e-12):
+        raise InfeasiblePlacement(
+            f"makespan {makespan:.6g} s exceeds latency_bound {bound:.6g} s by {makespan - bound:.6g} s",
+            shortfall=makespan - bound)
 
 
 def _slot(starts: list[float], ends: list[float], ready: float, dur: float, insertion: bool) -> tuple[float, int]:

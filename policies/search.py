@@ -1,13 +1,11 @@
 """``search``: iterated local search that improves the best heuristic plan under a time budget.
 
 The search starts from the best plan of several list heuristics (HEFT, PEFT, CPOP, MCT by
-default) and explores assignments with the shared engine's precomputed context
-(:meth:`policies.schedule.ScheduleContext.makespan_indices`): each candidate assignment
-is list-scheduled with insertion in the current priority order. It is an iterated local
-search (Lourenço, Martin & Stützle, *Iterated local search*, Handbook of Metaheuristics,
-2003) over the neighbourhoods used for DAG scheduling local search (Wu, Shu & Gu,
-*Efficient local search for DAG scheduling*, IEEE TPDS 12(6), 2001; Kwok & Ahmad's
-survey, ACM CSUR 31(4), 1999):
+default) and explores assignments with the shared engine's precomputed context. It is
+an iterated local search (Lourenço, Martin & Stützle, *Iterated local search*, Handbook
+of Metaheuristics, 2003) over the neighbourhoods used for DAG scheduling local search
+(Wu, Shu & Gu, *Efficient local search for DAG scheduling*, IEEE TPDS 12(6), 2001;
+Kwok & Ahmad's survey, ACM CSUR 31(4), 1999):
 
 1. **re-assign a critical node**: move a node of the current critical path (the chain of
    nodes and device predecessors that sets the makespan) to another device;
@@ -18,13 +16,28 @@ survey, ACM CSUR 31(4), 1999):
    between its last predecessor and first successor.
 
 A move is accepted only if it improves the objective (first improvement). After each
-accepted move the priority list is reset to the new schedule's start-time order, which
-never makes the replayed schedule longer. At a local optimum the best solution is
-*kicked* (a few random re-assignments) and the descent restarts; the best solution
-ever seen is kept. The search stops at the time budget, at ``max_evals`` evaluations,
-after ``max(100, 20 n)`` kicks in a row without a new best, or when the makespan meets
-the critical-path lower bound. The returned plan is never worse than the seed: when nothing better
-is found the seed itself is returned.
+accepted move the priority list is reset to the start-time order of the new
+assignment's schedule *with insertion* (so the gaps insertion fills are kept when
+appending in that order), unless that makes the append-only schedule longer. At a
+local optimum the best solution is *kicked* (a few random re-assignments) and the
+descent restarts; the best solution ever seen is kept. The search stops at the time
+budget, at ``max_evals`` evaluations, after ``max(100, 20 n)`` kicks in a row without a
+new best, or when the makespan meets the critical-path lower bound.
+
+**Evaluation.** A candidate is ranked by its *append-only* schedule (``insertion=False``:
+each node after the last one on its device) in the current priority order, computed by
+:class:`policies.schedule.IncrementalSchedule`. A move leaves the schedule before the
+first changed position as it was, so the run resumes there from saved per-device state
+(O(devices) to restore, where insertion's gap lists would cost O(nodes)); and, for the
+latency objective, the run stops as soon as a node's finish plus the longest path after
+it in the current schedule shows that the candidate cannot beat the current solution.
+Both shortcuts give exactly the full run's makespan for every candidate that can win,
+so they change nothing in the search's path (deterministic under ``max_evals`` and
+``seed``). The answer is then scheduled with insertion in its order, which starts no
+node later than appending does, so the plan is no worse than the value it was ranked by.
+The returned plan is never worse than the seed: the final plan and the seed's plan are
+compared by the same key (:func:`~policies.exact.plan_key` on the two plans), and when
+nothing better is found the seed itself is returned.
 
 Objectives: ``latency`` (makespan) and ``energy`` (per request, :meth:`CostModel.energy`'s
 model), both under an optional ``latency_bound`` (violations are minimised first).
@@ -61,10 +74,11 @@ from executors.devices import Cluster
 from .base import Policy, register
 from .cost import CostModel
 from .errors import InfeasiblePlacement, PolicyError
-from .exact import Problem, best_seed, check_memory, plan_key, plan_objective, topo_by
+from .exact import Problem, best_seed, check_memory, plan_key, plan_objective, topo_by, with_energy
 from .plan import Plan
+from .schedule import IncrementalSchedule
 
-_FAST = {"respect_memory": False, "strict": False}  # memory is tracked by the search itself
+_FREE = {"respect_memory": False}  # memory is tracked by the search itself
 
 
 class _Stop(Exception):
@@ -76,7 +90,8 @@ class LocalSearch:
 
     ``improve(assign, prio)`` returns the best ``(key, assign, prio)`` found; keys compare
     lexicographically: (bytes over memory capacity, latency-bound violation, objective,
-    makespan), so a start that does not fit the memory is repaired first.
+    makespan), so a start that does not fit the memory is repaired first. The makespan
+    is that of the append-only schedule (see the module docstring).
 
     Example:
         >>> import networkx as nx
@@ -114,23 +129,60 @@ class LocalSearch:
         self.allowed = [problem.allowed(i) for i in range(problem.n)]
         self.cap = problem.cap.tolist()
         self.limited = bool(np.isfinite(problem.cap).any())
+        self.mem = problem.mem.tolist()
+        # candidates are evaluated append-only, resumed from the first changed position of
+        # the current solution (the evaluator's base; see the module docstring)
+        self.inc = IncrementalSchedule(problem.ctx)
+        self._prio: list[int] = list(problem.order)
 
     # ---------------------------------------------------------------- evaluation
-    def key(self, assign: Sequence[int], prio: Sequence[int]) -> tuple:
-        """Objective key of ``assign`` scheduled in ``prio`` order (counts one evaluation)."""
+    def key(self, assign: Sequence[int], prio: Sequence[int], *, k: int = 0,
+            loads: Sequence[float] | None = None, beat: tuple | None = None,
+            moved_until: int | None = None, moved: Sequence[int] | None = None,
+            rebase: bool = False) -> tuple:
+        """Objective key of ``assign`` scheduled append-only in ``prio`` order (counts one
+        evaluation).
+
+        ``k``: ``prio`` and ``assign`` equal the evaluator's base before position ``k``
+        (the schedule resumes there). ``loads``: the per-device resident bytes of
+        ``assign``, when the caller knows them. ``beat``: only whether the key is below
+        ``beat`` matters; a key that cannot be may come back as a lower bound (still
+        ``>= beat``) without being scheduled to the end; ``moved_until`` (the last position
+        where ``prio`` or ``assign`` differs from the base's) and ``moved`` (the nodes that
+        differ) tighten that bound (see :meth:`IncrementalSchedule.makespan`).
+        ``rebase``: make ``(prio, assign)`` the evaluator's new base.
+        """
         if self.max_evals is not None and self.evals >= self.max_evals:
             raise _Stop
         if time.perf_counter() > self.deadline:
             raise _Stop
         self.evals += 1
-        mk = self.p.ctx.makespan_indices(prio, assign, options=_FAST)
-        return self._key(assign, mk)
+        spill = self._spill(assign, loads)
+        if rebase:
+            mk = self.inc.rebase(prio, assign)
+        else:
+            cutoff = np.inf
+            if beat is not None and self.objective == "latency":
+                # (spill, over, mk, mk) with over non-decreasing in mk: at equal spill only
+                # mk < beat's makespan can win
+                if spill > beat[0]:
+                    return (spill, np.inf, np.inf, np.inf)
+                if spill == beat[0]:
+                    cutoff = beat[3]
+            mk = self.inc.makespan(prio, assign, k, cutoff, moved_until, moved)
+        return self._key(assign, mk, spill)
 
-    def _key(self, assign: Sequence[int], mk: float) -> tuple:
-        spill = 0.0  # bytes over capacity: only a start without a feasible seed has any
-        if self.limited:
+    def _spill(self, assign: Sequence[int], loads: Sequence[float] | None = None) -> float:
+        """Bytes over capacity: only a start without a feasible seed has any."""
+        if not self.limited:
+            return 0.0
+        if loads is None:
             loads = self._loads(assign)
-            spill = sum(max(x - c, 0.0) for x, c in zip(loads, self.cap))
+        return sum(max(x - c, 0.0) for x, c in zip(loads, self.cap))
+
+    def _key(self, assign: Sequence[int], mk: float, spill: float | None = None) -> tuple:
+        if spill is None:
+            spill = self._spill(assign)
         over = 0.0 if self.bound is None else max(mk - self.bound, 0.0)
         if self.objective == "energy":
             return (spill, over, self.p.energy(assign, mk), mk)
@@ -138,36 +190,59 @@ class LocalSearch:
 
     def _loads(self, assign: Sequence[int]) -> list[float]:
         loads = [0.0] * self.p.m
+        mem = self.mem
         for i, d in enumerate(assign):
-            loads[d] += self.p.mem[i]
+            loads[d] += mem[i]
         return loads
+
+    def _moved(self, loads: list[float], *changes: tuple[int, int, int]) -> list[float] | None:
+        """``loads`` after moving each ``(node, from, to)``; None when memory is unlimited."""
+        if not self.limited:
+            return None
+        out = list(loads)
+        mem = self.mem
+        for i, a, b in changes:
+            out[a] -= mem[i]
+            out[b] += mem[i]
+        return out
 
     def _fits(self, loads, i, frm, to) -> bool:
         return loads[to] + self.p.mem[i] <= self.p.cap[to]
 
-    def _replay(self, assign: list[int]) -> tuple[list[int], list[float], list[float], dict]:
-        """Schedule ``assign`` in the current order and return (prio by start, start, finish, order)."""
-        plan = self.p.schedule(assign, self._prio, _FAST)
-        st = [plan.start[v] for v in self.p.nodes]
-        fi = [plan.finish[v] for v in self.p.nodes]
-        order = {self.p.devices.index(d): [self.p.index[v] for v in ns] for d, ns in plan.order.items()}
-        return topo_by(self.p, st), st, fi, order
+    def _replay(self, assign: list[int]) -> list[int]:
+        """A priority for ``assign``: the start-time order of its schedule *with insertion*
+        in the current order. Appending in that order starts no node later than insertion
+        did, so gaps that insertion fills are kept by the append-only evaluation."""
+        st, _, _ = self.p.ctx.times_indices(self._prio, assign, insertion=True, options=_FREE)
+        # a successor starts no earlier than its predecessor finishes, and the sort is
+        # stable: ties keep the current (topological) order, so this is topological
+        return sorted(self._prio, key=st.__getitem__)
+
+    def _base_schedule(self, assign: list[int]) -> tuple[list[float], list[float], dict]:
+        """(start, finish, order per device) of the evaluator's base, ``assign`` appended in
+        the current order."""
+        order: dict[int, list[int]] = {d: [] for d in range(self.p.m)}
+        for i in self._prio:  # appended: a device's order is the priority order
+            order[assign[i]].append(i)
+        return self.inc.start, self.inc.finish, order
 
     def critical(self, assign: Sequence[int], st, fi, order) -> list[int]:
         """Nodes of the critical path of a schedule (from the last finisher backwards)."""
         p = self.p
+        m, Cto = p.m, p.ctx._Cto
         prev_on = {}
         for d, ns in order.items():
             for a, b in zip(ns, ns[1:]):
                 prev_on[b] = a
-        v = max(range(p.n), key=lambda i: fi[i])
+        v = max(range(p.n), key=fi.__getitem__)
         path = [v]
         seen = {v}
         while True:
             s = st[v]
             nxt = None
+            Cv = Cto[assign[v]]
             for u, e in p.preds[v]:
-                if abs(fi[u] + p.C[e, assign[u], assign[v]] - s) <= 1e-9 * max(1.0, abs(s)):
+                if abs(fi[u] + Cv[e * m + assign[u]] - s) <= 1e-9 * max(1.0, abs(s)):
                     nxt = u
                     break
             if nxt is None and v in prev_on and abs(fi[prev_on[v]] - s) <= 1e-9 * max(1.0, abs(s)):
@@ -186,7 +261,7 @@ class LocalSearch:
         try:
             cur_key = self.key(cur, self._prio)
         except _Stop:
-            return self._key(cur, self.p.ctx.makespan_indices(self._prio, cur, options=_FAST)), cur, self._prio
+            return self._key(cur, self.inc.makespan(self._prio, cur)), cur, self._prio
         self.best = (cur_key, list(cur), list(self._prio))
         lb = self.p.ctx.critical_path_bound() if self.objective == "latency" else -np.inf
         stale = 0
@@ -232,12 +307,15 @@ class LocalSearch:
         """
         p, rng = self.p, self.rng
         while True:
-            prio, st, fi, order = self._replay(cur)
-            k = self.key(cur, prio)
+            prio = self._replay(cur)
+            k = self.key(cur, prio, rebase=True)
             if k <= cur_key:
                 self._prio, cur_key = prio, k
                 if k < self.best[0]:
                     self.best = (k, list(cur), list(prio))
+            else:  # keep the order, and make it the base again
+                self.inc.rebase(self._prio, cur)
+            st, fi, order = self._base_schedule(cur)
             loads = self._loads(cur)
             crit = self.critical(cur, st, fi, order)
             rng.shuffle(crit)
@@ -247,9 +325,10 @@ class LocalSearch:
             found = None
             for moves in (self._singles(cur, loads, crit), self._pairs(cur, loads, cset),
                           self._singles(cur, loads, rest), self._swaps(cur, loads, crit),
-                          self._prio_moves(cur)):
-                for cand, cand_prio in moves:
-                    k = self.key(cand, cand_prio)
+                          self._prio_moves(cur, loads)):
+                for cand, cand_prio, at, until, moved, cand_loads in moves:
+                    k = self.key(cand, cand_prio, k=at, loads=cand_loads, beat=cur_key,
+                                 moved_until=until, moved=moved)
                     if k < cur_key:
                         found = (cand, cand_prio, k)
                         break
@@ -262,18 +341,22 @@ class LocalSearch:
             if cur_key < self.best[0]:  # kept at once: the budget may end mid-descent
                 self.best = (cur_key, list(cur), list(self._prio))
 
+    # Each neighbourhood yields (candidate assignment, its priority, the first position
+    # where it differs from the evaluator's base, the last such position, the nodes that
+    # differ, its loads or None).
     def _singles(self, cur, loads, nodes):
+        pos = self.inc.pos
         for i in nodes:
             for to in self.allowed[i]:
                 if to != cur[i] and self._fits(loads, i, cur[i], to):
                     cand = list(cur)
                     cand[i] = to
-                    yield cand, self._prio
+                    yield cand, self._prio, pos[i], pos[i], (i,), self._moved(loads, (i, cur[i], to))
 
     def _pairs(self, cur, loads, cset):
         # both ends of an edge onto one device: removes a transfer, which a single move
         # cannot do when moving one end alone costs more than it saves
-        p = self.p
+        p, pos = self.p, self.inc.pos
         pairs = [(u, v) for u, v in p.edges if u in cset or v in cset]
         self.rng.shuffle(pairs)
         for u, v in pairs:
@@ -285,10 +368,11 @@ class LocalSearch:
                     continue
                 cand = list(cur)
                 cand[u] = cand[v] = to
-                yield cand, self._prio
+                yield (cand, self._prio, min(pos[u], pos[v]), max(pos[u], pos[v]), (u, v),
+                       self._moved(loads, (u, cur[u], to), (v, cur[v], to)))
 
     def _swaps(self, cur, loads, crit):
-        p, rng = self.p, self.rng
+        p, rng, pos = self.p, self.rng, self.inc.pos
         for _ in range(min(4 * p.n, p.n * (p.n - 1) // 2)):
             i = rng.choice(crit) if crit and rng.random() < 0.5 else rng.randrange(p.n)
             j = rng.randrange(p.n)
@@ -300,11 +384,12 @@ class LocalSearch:
                 continue
             cand = list(cur)
             cand[i], cand[j] = b, a
-            yield cand, self._prio
+            yield (cand, self._prio, min(pos[i], pos[j]), max(pos[i], pos[j]), (i, j),
+                   self._moved(loads, (i, a, b), (j, b, a)))
 
-    def _prio_moves(self, cur):
+    def _prio_moves(self, cur, loads):
         p, rng = self.p, self.rng
-        pos = {v: x for x, v in enumerate(self._prio)}
+        pos = self.inc.pos  # positions in self._prio
         for _ in range(2 * p.n):
             v = rng.randrange(p.n)
             lo = max((pos[u] for u, _ in p.preds[v]), default=-1) + 1
@@ -315,9 +400,10 @@ class LocalSearch:
             if new == pos[v]:
                 continue
             cand_prio = list(self._prio)
-            cand_prio.remove(v)
+            del cand_prio[pos[v]]
             cand_prio.insert(new, v)
-            yield cur, cand_prio
+            yield (cur, cand_prio, min(pos[v], new), max(pos[v], new), (v,),
+                   None if not self.limited else loads)
 
 
 @register
@@ -390,9 +476,10 @@ def improve_plan(problem: Problem, seed_plan: Plan | None, seed_name: str | None
     ls = LocalSearch(problem, objective=objective, latency_bound=bound, time_budget=time_budget,
                      max_evals=options.get("max_evals"), seed=options.get("seed", 0))
     key, best_assign, best_prio = ls.improve(assign, prio)
-    plan = problem.schedule(best_assign, best_prio, options)
-    plan = dataclasses.replace(plan, energy=plan.energy if plan.energy is not None
-                               else problem.cost_model.energy(problem.graph, plan))
+    # the search ranked append-only schedules; the plan is the same assignment and order
+    # scheduled with insertion, which starts no node later (so it is no worse than ``key``)
+    plan = with_energy(problem.schedule(best_assign, best_prio, options), problem.graph,
+                       problem.cost_model)
     source = "search"
     if seed_plan is not None and plan_key(seed_plan, objective, bound) <= plan_key(plan, objective, bound):
         plan, source = seed_plan, seed_name

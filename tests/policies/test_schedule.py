@@ -1,14 +1,18 @@
 """The shared list-scheduling engine: hand-computed schedules, constraints, errors."""
 from __future__ import annotations
 
+import random
+
 import networkx as nx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from executors.devices import Cluster, DeviceSpec
 from policies import validate
 from policies.abstract import TableCostModel
 from policies.errors import InfeasiblePlacement, PolicyError
-from policies.schedule import ScheduleContext, list_schedule
+from policies.schedule import IncrementalSchedule, ScheduleContext, list_schedule
 
 
 def _spec(name: str, cap: float) -> DeviceSpec:
@@ -238,3 +242,129 @@ class TestEnergy:
         g, c, cm = self._case()
         with pytest.raises(PolicyError, match="energy_slack must be >= 0, got -1"):
             list_schedule(g, c, cm, ["a"], options={"objective": "energy", "energy_slack": -1})
+
+
+def _tie_heavy_instance(seed: int, n: int, m: int):
+    """A random DAG whose node times (0..3) and transfer times (0, 1, 5) are small integers,
+    so start-time ties and zero-length nodes are common; the context and a random
+    fallback-free assignment (node index -> device index) on it."""
+    rng = random.Random(seed)
+    g = nx.gnp_random_graph(n, 0.15, seed=seed, directed=True)
+    g = nx.DiGraph([(u, v) for u, v in g.edges if u < v])
+    g.add_nodes_from(range(n))
+    devs = [f"d{j}" for j in range(m)]
+    cm = TableCostModel({v: {d: float(rng.randint(0, 3)) for d in devs} for v in g},
+                        {e: float(rng.choice([0, 1, 5])) for e in g.edges}, devices=devs)
+    ctx = ScheduleContext(g, Cluster.from_names(devs), cm)
+    return ctx, [rng.randrange(m) for _ in range(n)], rng
+
+
+class TestFixedAssignmentPath:
+    """With an assignment that needs no fallback the engine computes each node's ready
+    time on its own device only; it must agree with the general loop, which a ``choose``
+    that returns the assigned device goes through."""
+
+    @settings(max_examples=40, deadline=None, derandomize=True)
+    @given(seed=st.integers(0, 10_000), n=st.integers(1, 30), m=st.integers(1, 4), insertion=st.booleans())
+    def test_equals_the_general_loop(self, seed, n, m, insertion):
+        ctx, assign, rng = _tie_heavy_instance(seed, n, m)
+        rank = {v: rng.random() for v in ctx.nodes}  # a random topological order
+        names = list(nx.lexicographical_topological_sort(ctx.graph, key=rank.__getitem__))
+        amap = {ctx.nodes[i]: ctx.devices[d] for i, d in enumerate(assign)}
+        fast = ctx.schedule(names, assignment=amap, insertion=insertion)
+        general = ctx.schedule(names, choose=lambda v, cands: amap[v], insertion=insertion)
+        assert dict(fast.start) == dict(general.start) and dict(fast.finish) == dict(general.finish)
+        assert dict(fast.order) == dict(general.order) and dict(fast.memory) == dict(general.memory)
+        assert fast.makespan == general.makespan
+        idx = [ctx.index[v] for v in names]
+        assert ctx.makespan_indices(idx, assign, insertion=insertion) == general.makespan
+        start, finish, mk = ctx.times_indices(idx, assign, insertion=insertion)
+        assert mk == general.makespan
+        assert {ctx.nodes[i]: s for i, s in enumerate(start)} == dict(general.start)
+        assert {ctx.nodes[i]: f for i, f in enumerate(finish)} == dict(general.finish)
+
+    def test_fallbacks_still_go_through_the_general_loop(self):
+        g = nx.DiGraph([("a", "b")])
+        cm = TableCostModel({"a": {"x": 1, "y": 1}, "b": {"y": 2}}, {("a", "b"): 1})
+        ctx = ScheduleContext(g, Cluster.from_names(["x", "y"]), cm)
+        assert ctx.makespan_indices([0, 1], [0, 0]) == 4.0  # b falls back to y: 1 + 1 + 2
+
+
+    @settings(max_examples=40, deadline=None, derandomize=True)
+    @given(seed=st.integers(0, 10_000), n=st.integers(1, 30), m=st.integers(1, 4))
+    def test_insertion_never_starts_a_node_later_than_appending(self, seed, n, m):
+        # why the search may rank candidates append-only and re-schedule its answer with
+        # insertion: for the same assignment and order, no node starts later
+        ctx, assign, rng = _tie_heavy_instance(seed, n, m)
+        rank = {v: rng.random() for v in ctx.nodes}
+        prio = [ctx.index[v] for v in nx.lexicographical_topological_sort(ctx.graph, key=rank.__getitem__)]
+        s_ins, f_ins, mk_ins = ctx.times_indices(prio, assign, insertion=True)
+        s_app, f_app, mk_app = ctx.times_indices(prio, assign, insertion=False)
+        assert all(a <= b for a, b in zip(s_ins, s_app)) and mk_ins <= mk_app
+
+
+class TestIncrementalSchedule:
+    def test_hand_computed(self):
+        g = nx.DiGraph([("a", "b"), ("b", "c")])
+        g.add_node("z")
+        cm = TableCostModel({v: {"x": 1, "y": 2} for v in "abcz"},
+                            {("a", "b"): 5, ("b", "c"): 5})
+        ctx = ScheduleContext(g, Cluster.from_names(["x", "y"]), cm)
+        inc = IncrementalSchedule(ctx)
+        prio = [ctx.index[v] for v in "azbc"]
+        a, z, b, c = (ctx.index[v] for v in "azbc")
+        assign = [0] * 4
+        assert inc.rebase(prio, assign) == 4.0  # a, z, b, c back to back on x
+        assert inc.pos[b] == 2 and inc.finish[c] == 4.0
+        moved = list(assign)
+        moved[c] = 1  # c on y waits for b's data: b ends at 3, + 5, + 2
+        assert inc.makespan(prio, moved, inc.pos[c]) == 10.0
+        assert inc.makespan(prio, moved, inc.pos[c], cutoff=4.0, moved_until=inc.pos[c]) >= 4.0
+        off = list(assign)
+        off[z] = 1  # z off x: a, b, c back to back on x end at 3, z on y at 2
+        assert inc.makespan(prio, off, inc.pos[z]) == 3.0
+
+    @settings(max_examples=30, deadline=None, derandomize=True)
+    @given(seed=st.integers(0, 10_000), n=st.integers(2, 40), m=st.integers(1, 4))
+    def test_resumed_runs_equal_full_append_runs(self, seed, n, m):
+        ctx, assign, rng = _tie_heavy_instance(seed, n, m)
+        prio = list(ctx.topo)
+        inc = IncrementalSchedule(ctx)
+        base = inc.rebase(prio, assign)
+        assert base == ctx.makespan_indices(prio, assign, insertion=False)
+        pos = inc.pos
+        for _ in range(30):
+            cand, cprio = list(assign), prio
+            kind = rng.choice(["move", "swap", "prio"])
+            if kind == "move":
+                v = rng.randrange(n)
+                cand[v] = rng.randrange(m)
+                k = until = pos[v]
+                moved = [v]
+            elif kind == "swap":
+                u, v = rng.randrange(n), rng.randrange(n)
+                cand[u], cand[v] = assign[v], assign[u]
+                k, until = min(pos[u], pos[v]), max(pos[u], pos[v])
+                moved = [u, v]
+            else:
+                v = rng.randrange(n)
+                lo = max((pos[u] for u, _ in ctx.preds[v]), default=-1) + 1
+                hi = min((pos[w] for w, _ in ctx.succs[v]), default=n) - 1
+                if hi < lo:
+                    continue
+                new = rng.randint(lo, hi)
+                cprio = list(prio)
+                del cprio[pos[v]]
+                cprio.insert(new, v)
+                k, until = min(pos[v], new), max(pos[v], new)
+                moved = [v]
+            exact = ctx.makespan_indices(cprio, cand, insertion=False)
+            assert inc.makespan(cprio, cand, k) == exact
+            assert inc.makespan(cprio, cand, 0) == exact
+            for cutoff in (base, exact, exact * 0.999, exact * 1.001 + 1e-9):
+                for mu, mv in ((None, None), (until, None), (until, moved)):
+                    got = inc.makespan(cprio, cand, k, cutoff=cutoff, moved_until=mu, moved=mv)
+                    assert got <= exact  # a lower bound when it stopped early ...
+                    if got < cutoff or exact < cutoff:
+                        assert got == exact  # ... and exact below the cutoff
+        assert inc.makespan(prio, assign, n - 1) == base  # the base itself, resumed at the end

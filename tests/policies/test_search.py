@@ -13,8 +13,8 @@ from executors.devices import Cluster, DeviceSpec
 from graphs.synthetic import edge_times, heterogeneous_times, layered
 from policies.abstract import TableCostModel
 from policies.errors import InfeasiblePlacement, PolicyError
-from policies.exact import Problem
-from policies.search import LocalSearch, Search
+from policies.exact import Problem, topo_by
+from policies.search import LocalSearch, Search, improve_plan
 from policies.validate import validate
 
 
@@ -58,6 +58,58 @@ def test_deterministic_with_an_evaluation_cap():
     b = Search(max_evals=400, time_budget=60, seed=5).place(g, c, cm)
     assert dict(a.assignment) == dict(b.assignment) and a.makespan == b.makespan
     assert a.info["evaluations"] == 400
+
+
+def test_deterministic_on_a_larger_graph():
+    # incremental evaluation (resumed runs, early cut-offs) must not make the search
+    # depend on anything but the seed and the evaluation cap
+    g, c, cm = random_instance(7, 300, 4, ccr=2.0)
+    runs = [Search(max_evals=3000, time_budget=120, seed=1).place(g, c, cm) for _ in range(2)]
+    for plan in runs:
+        validate(plan, g, c, cm)
+        assert plan.info["evaluations"] == 3000
+    assert dict(runs[0].assignment) == dict(runs[1].assignment)
+    assert dict(runs[0].start) == dict(runs[1].start) and runs[0].makespan == runs[1].makespan
+
+
+@pytest.mark.parametrize("seed, n, m, integer_times", [(0, 60, 3, False), (1, 150, 4, False), (2, 40, 3, True)])
+def test_early_cutoffs_do_not_change_the_search(monkeypatch, seed, n, m, integer_times):
+    # a candidate stopped early must be one that full scheduling would have rejected too
+    from policies.schedule import IncrementalSchedule
+
+    g, c, cm = random_instance(seed, n, m, ccr=3.0)
+    if integer_times:  # ties and zero-length nodes
+        cm = TableCostModel({v: {d: float(round(cm.node_time(g, v, d) / 5)) for d in c.names} for v in g},
+                            {e: cm.edge_time(g, *e, "d0", "d1") for e in g.edges}, devices=list(c.names))
+    problem = Problem(g, c, cm)
+    heft = policies.get("heft").place(g, c, cm)
+    assign = [problem.devices.index(heft.assignment[v]) for v in problem.nodes]
+    prio = topo_by(problem, [heft.start[v] for v in problem.nodes])
+
+    def run():
+        ls = LocalSearch(problem, max_evals=2000, time_budget=120, seed=seed)
+        return ls.improve(assign, prio), ls.accepted
+
+    pruned = run()
+    full = IncrementalSchedule.makespan
+    monkeypatch.setattr(IncrementalSchedule, "makespan",
+                        lambda self, prio, assign, k=0, *args, **kw: full(self, prio, assign, k))
+    assert run() == pruned
+
+
+def test_the_plan_is_no_worse_than_the_key_the_search_ranked_it_by():
+    # the search ranks append-only schedules; the plan is its answer scheduled with insertion
+    g, c, cm = random_instance(11, 120, 3, ccr=3.0)
+    problem = Problem(g, c, cm)
+    heft = policies.get("heft").place(g, c, cm)
+    assign = [problem.devices.index(heft.assignment[v]) for v in problem.nodes]
+    prio = topo_by(problem, [heft.start[v] for v in problem.nodes])
+    key, best_assign, best_prio = LocalSearch(problem, max_evals=2000, time_budget=120).improve(assign, prio)
+    appended = problem.ctx.makespan_indices(best_prio, best_assign, insertion=False)
+    assert key[2] == appended
+    assert problem.schedule(best_assign, best_prio).makespan <= appended
+    plan = improve_plan(problem, heft, "heft", {"max_evals": 2000}, 120)
+    assert plan.makespan <= min(key[2], heft.makespan)
 
 
 def test_improves_heft_on_communication_heavy_graphs():
