@@ -19,3 +19,12 @@ __all__ += ["capture", "coarsen", "to_json", "from_json", "save", "load", "summa
 from .partition import Partition, PartitionedModel, partition  # noqa: E402
 
 __all__ += ["partition", "Partition", "PartitionedModel"]
+
+# vision models with early exits and the Fashion-MNIST loader (issue 6; helper "gating")
+from .datasets import (DatasetError, FashionMNIST, fashion_mnist_available, fashion_mnist_splits,  # noqa: E402
+                       load_fashion_mnist)
+from .vision import ExitCNN, ExitCosts, ExitModel, ExitModelError, ExitViT, count_costs, vision_model  # noqa: E402
+
+__all__ += ["ExitModel", "ExitCNN", "ExitViT", "ExitCosts", "ExitModelError", "count_costs", "vision_model",
+            "DatasetError", "FashionMNIST", "load_fashion_mnist", "fashion_mnist_splits",
+            "fashion_mnist_available"]

@@ -38,3 +38,11 @@ __all__ = [
     "RooflineCostModel", "RelatedMachines", "TableCostModel", "graph_from_table",
     "CalibratedCostModel", "Measurement",
 ]
+
+# early-exit gating: gates, cascades, calibration (issue 6; helper "gating")
+from . import gating  # noqa: E402
+from .gating import (Cascade, Gate, LearnedGate, available_gates, calibrate_cascade,  # noqa: E402
+                     calibrate_threshold, make_gate, run_gated)
+
+__all__ += ["gating", "Gate", "LearnedGate", "Cascade", "available_gates", "make_gate",
+            "calibrate_threshold", "calibrate_cascade", "run_gated"]

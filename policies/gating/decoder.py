@@ -1,0 +1,136 @@
+"""Early exits for the decoder reference model (:mod:`graphs.models`), prefill only.
+
+:func:`attach_exits` wraps a :class:`graphs.models.PanguEmbedded` in the exit-model
+interface of :mod:`graphs.vision` (``stages``, ``exits``, ``head``, ``forward_until``,
+``forward_from``, ``exit_logits``, ``forward_all``): the stages are the decoder layers, and an
+exit after layer ``k`` applies the final norm and ``lm_head`` to layer ``k``'s output -- the
+shared-head early exit of CALM (Schuster et al., "Confident Adaptive Language Modeling",
+NeurIPS 2022) and LayerSkip (Elhoushi et al., ACL 2024). With ``share_head=False`` each exit
+gets its own trainable copy of the norm and head instead. The KV-cache decode path is not
+wrapped (exits in decode need the skipped layers' caches filled, as CALM does; not done here).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from graphs.models import PanguEmbedded
+
+from .gates import GatingError
+
+__all__ = ["DecoderExits", "attach_exits"]
+
+
+class _LMHead(nn.Module):
+    def __init__(self, norm: nn.Module, lm_head: nn.Module):
+        super().__init__()
+        self.norm, self.lm_head = norm, lm_head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm(x))
+
+
+class DecoderExits(nn.Module):
+    """A decoder with exit heads after chosen layers, in the exit-model interface.
+
+    Hidden states are ``(batch, seq, hidden)``; inputs are token ids ``(batch, seq)``.
+
+    Example:
+        >>> from graphs.models import pangu_embedded, example_inputs
+        >>> m = attach_exits(pangu_embedded("tiny"), [1])
+        >>> ids, = example_inputs(m.model, seq_len=4)
+        >>> torch.allclose(m.forward_from(m.forward_until(ids, 1), 1), m.model(ids), atol=1e-5)
+        True
+        >>> torch.allclose(m.exit_logits(m.forward_until(ids, 1), 1), m.forward_all(ids)[0])
+        True
+    """
+
+    def __init__(self, model: PanguEmbedded, depths: Sequence[int], share_head: bool = True):
+        super().__init__()
+        n = len(model.layers)
+        bad = [d for d in depths if not isinstance(d, int) or not 1 <= d < n]
+        if bad or not depths:
+            raise GatingError(f"exit depths {list(depths)!r} invalid for a {n}-layer decoder; valid depths: 1..{n - 1}")
+        self.model = model
+        self.stages = model.layers
+        self.head = _LMHead(model.norm, model.lm_head)
+        make = (lambda: _LMHead(model.norm, model.lm_head)) if share_head else \
+            (lambda: _LMHead(copy.deepcopy(model.norm), copy.deepcopy(model.lm_head)))
+        self.exits = nn.ModuleDict({str(d): make() for d in sorted(set(depths))})
+        self.num_classes = model.config.vocab
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def exit_depths(self) -> list[int]:
+        return sorted(int(k) for k in self.exits.keys())
+
+    def _rope(self, t: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        c = self.model.config
+        inv = 1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2, device=device, dtype=torch.float32) / c.head_dim))
+        freqs = torch.outer(torch.arange(t, device=device, dtype=torch.float32), inv)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def _check_depth(self, depth: int) -> None:
+        if not isinstance(depth, int) or not 0 <= depth <= self.num_stages:
+            raise GatingError(f"depth {depth!r} out of range; valid depths are 0..{self.num_stages}")
+
+    def _run(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        cos, sin = self._rope(x.shape[1], x.device, x.dtype)
+        for layer in self.stages[start:stop]:
+            x = layer(x, cos, sin)
+        return x
+
+    def forward_until(self, input_ids: torch.Tensor, depth: int) -> torch.Tensor:
+        """Hidden states after ``depth`` layers (depth 0: the embeddings)."""
+        if input_ids.dim() != 2 or input_ids.dtype not in (torch.int32, torch.int64):
+            raise GatingError(f"input_ids must be an integer tensor of shape (batch, seq); got "
+                              f"{tuple(input_ids.shape)} {input_ids.dtype}")
+        self._check_depth(depth)
+        return self._run(self.model.embed_tokens(input_ids), 0, depth)
+
+    def forward_from(self, hidden: torch.Tensor, depth: int) -> torch.Tensor:
+        """Final logits from the hidden states after ``depth`` layers."""
+        self._check_depth(depth)
+        return self.head(self._run(hidden, depth, self.num_stages))
+
+    def exit_logits(self, hidden: torch.Tensor, depth: int) -> torch.Tensor:
+        """Logits of the exit after layer ``depth``."""
+        if depth not in self.exit_depths:
+            raise GatingError(f"no exit head at depth {depth!r}; exits at {self.exit_depths}")
+        return self.exits[str(depth)](hidden)
+
+    def forward_all(self, input_ids: torch.Tensor) -> list[torch.Tensor]:
+        """Logits of every exit (ascending depth), then the final logits."""
+        h, done, outs = None, 0, []
+        h = self.forward_until(input_ids, 0)
+        for d in self.exit_depths:
+            h = self._run(h, done, d)
+            done = d
+            outs.append(self.exit_logits(h, d))
+        outs.append(self.forward_from(h, done))
+        return outs
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.forward_from(self.forward_until(input_ids, 0), 0)
+
+
+def attach_exits(model: PanguEmbedded, depths: Sequence[int], share_head: bool = True) -> DecoderExits:
+    """Wrap a decoder with exits after the given layers (see :class:`DecoderExits`).
+
+    Example:
+        >>> from graphs.models import pangu_embedded
+        >>> attach_exits(pangu_embedded("tiny"), [1]).exit_depths
+        [1]
+        >>> attach_exits(pangu_embedded("tiny"), [2])
+        Traceback (most recent call last):
+        ...
+        policies.gating.gates.GatingError: exit depths [2] invalid for a 2-layer decoder; valid depths: 1..1
+    """
+    return DecoderExits(model, depths, share_head)
