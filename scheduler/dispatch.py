@@ -36,6 +36,14 @@ its partitions) and then re-issues every call of the request with fresh refs. A 
 fails for good (``RequestFailed``) after ``max_retries`` retries or when its partition
 raised an ordinary exception.
 
+Early exits: with ``exits`` (see :mod:`scheduler.gated`) a request runs in *phases*. A
+phase issues the stages up to the next exit point (the partition holding a shallow path,
+its exit head and its gate) and watches only the gate's decision and the exit logits.
+When the gate passes, the future gets the exit logits and no other device is touched;
+otherwise the next phase is issued with the hidden state's object ref, so the deep path
+continues where the shallow path left off (the hidden state never visits the driver).
+The future of a completed request carries ``exit_depth`` (0: full model).
+
 The dispatcher knows nothing about models or policies: it gets :class:`Stage` records and
 actor handles, and the runtime tells it how to rebuild an output (``assemble``).
 """
@@ -82,6 +90,10 @@ class _Request:
     pending: int = 0  # events still awaited in the current attempt
     outputs: dict = field(default_factory=dict)  # index -> fetched output value
     meta_refs: list = field(default_factory=list)  # (pid, ObjectRef of its meta record)
+    values: dict = field(default_factory=dict)  # value name -> ObjectRef or input, current attempt
+    cursor: int = 0  # index of the next stage to issue (phases with exits)
+    gate: dict = field(default_factory=dict)  # 0 -> gate decision, 1 -> exit logits (fetched)
+    exit_depth: int = 0  # depth the request left at; 0 = the full model
 
 
 # event kinds on the completion queue
@@ -135,6 +147,8 @@ class Dispatcher:
         recover: called (in the recovery thread) before retrying; it must bring the actors
             back with their partitions loaded, or raise.
         on_measurement: callbacks called with every :class:`~scheduler.stats.Measurement`.
+        exits: :class:`scheduler.gated.ExitPoint` records, in stage order (early exits).
+        flops: partition id -> FLOPs, to record the compute each request used.
 
     Example (needs Ray; the runtime builds one for you)::
 
@@ -151,7 +165,8 @@ class Dispatcher:
                  max_in_flight: int = 32, submit_timeout: float | None = None,
                  request_timeout: float | None = None, max_retries: int = 3,
                  recover: Callable[[], None] | None = None,
-                 on_measurement: Sequence[Callable[[Measurement], None]] = ()):
+                 on_measurement: Sequence[Callable[[Measurement], None]] = (),
+                 exits: Sequence[Any] = (), flops: Mapping[int, float] | None = None):
         import ray
 
         self._ray = ray
@@ -170,6 +185,9 @@ class Dispatcher:
         self.max_retries = max_retries
         self.recover = recover
         self.on_measurement: list[Callable[[Measurement], None]] = list(on_measurement)
+        self.exits = tuple(exits)
+        self.flops = dict(flops or {})
+        self._exit_at = {e.stage: e for e in self.exits}
         self._stage_of = {s.pid: s for s in self.stages}
         self._uses: dict[str, int] = {}
         for st in self.stages:
@@ -234,20 +252,38 @@ class Dispatcher:
     def _issue(self, req: _Request) -> None:
         """Submit the calls of ``req``'s current attempt (caller holds the lock)."""
         # an input read by one call travels inline with it; one read by several is put once
-        values = {n: (self._ray.put(x) if self._uses.get(n, 0) > 1 else x)
-                  for n, x in zip(self.input_names, req.inputs)}
-        refs, metas = [], []
-        for st in self.stages:
+        req.values = {n: (self._ray.put(x) if self._uses.get(n, 0) > 1 else x)
+                      for n, x in zip(self.input_names, req.inputs)}
+        req.refs, req.meta_refs, req.cursor, req.exit_depth = [], [], 0, 0
+        self._issue_phase(req)
+
+    def _issue_phase(self, req: _Request) -> None:
+        """Submit the stages from ``req.cursor`` up to the next exit point (or the end) and
+        watch what decides the request: the gate's outputs, or the model's outputs."""
+        values = req.values
+        exit_point = None
+        for i in range(req.cursor, len(self.stages)):
+            st = self.stages[i]
             args = [values[n] for n in st.inputs]
             out = self._method(st).remote(st.pid, *args, request=req.rid)
             *outs, meta = out
             values.update(zip(st.outputs, outs))
-            refs.extend(out)
-            metas.append((st.pid, meta))
-        req.refs = refs
-        req.meta_refs = metas
+            req.refs.extend(out)
+            req.meta_refs.append((st.pid, meta))
+            req.cursor = i + 1
+            exit_point = self._exit_at.get(i)
+            if exit_point is not None:
+                break
         req.outputs = {}
         attempt = req.attempt
+        if exit_point is not None:
+            req.gate = {}
+            req.pending = 2
+            for key, name in enumerate((exit_point.go, exit_point.logits)):
+                values[name].future().add_done_callback(
+                    lambda f, rid=req.rid, a=attempt, key=key:
+                    self._events.put((_EV_REF, rid, a, "gate", key, f)))
+            return
         watch = []
         for i, name in enumerate(self.output_names):
             v = values[name]
@@ -317,6 +353,9 @@ class Dispatcher:
         except BaseException as err:  # noqa: BLE001 - every failure decides retry or fail
             self._failed(req, attempt, what, key, err)
             return
+        if what == "gate":
+            self._gate_event(req, attempt, key, value)
+            return
         with self._lock:
             if req.state != "running" or req.attempt != attempt:
                 return
@@ -332,8 +371,27 @@ class Dispatcher:
                 return
             self._finish(rid, "completed", result)
 
+    def _gate_event(self, req: _Request, attempt: int, key: int, value: Any) -> None:
+        """The gate's decision (key 0) or the exit logits (key 1) arrived: once both are
+        here, finish the request with the exit logits or issue its next phase."""
+        with self._lock:
+            if req.state != "running" or req.attempt != attempt:
+                return
+            req.gate[key] = value
+            req.pending -= 1
+            if req.pending:
+                return
+            point = self._exit_at[req.cursor - 1]
+            if not bool(req.gate[0]):
+                self._issue_phase(req)  # hard: continue from the hidden state's ref
+                return
+            req.exit_depth = point.depth
+            logits = req.gate[1]
+        self._finish(req.rid, "completed", logits)
+
     def _failed(self, req: _Request, attempt: int, what: str, key: int, err: BaseException) -> None:
-        where = f"output {self.output_names[key]!r}"
+        where = (f"output {self.output_names[key]!r}" if what == "out"
+                 else f"the gate of the exit at stage {req.cursor - 1}")
         if _is_infrastructure(err) and attempt < self.max_retries and not self._closed:
             with self._lock:
                 if req.state != "running" or req.attempt != attempt:
@@ -393,6 +451,7 @@ class Dispatcher:
             req.state = status
             del self._requests[rid]
             req.refs = []  # dropping the refs lets Ray free the objects once the calls end
+            req.values, req.gate = {}, {}
             metas, req.meta_refs = req.meta_refs, []
         self._slots.release()
         finished = time.time()
@@ -409,6 +468,7 @@ class Dispatcher:
         if not fut.set_running_or_notify_cancel():
             return  # cancelled at the same moment: the cancel event finds no running request
         if status == "completed":
+            fut.exit_depth = req.exit_depth  # 0: the full model; d: left at the exit after d stages
             fut.set_result(value)
         else:
             fut.set_exception(value)
@@ -448,15 +508,20 @@ class Dispatcher:
                         except Exception:  # noqa: BLE001 - a user hook must not stop the runtime
                             pass
                 sim, energy = (self._request_sim(got) if len(got) == len(metas) else (None, None))
+                flops = (sum(self.flops.get(pid, 0.0) for pid, _ in metas) if self.flops else None)
                 self.recorder.add_request(RequestRecord(
                     request=req.rid, submitted=req.submitted, finished=finished,
-                    status="completed", attempts=req.attempt + 1, sim_makespan=sim, energy=energy))
+                    status="completed", attempts=req.attempt + 1, sim_makespan=sim, energy=energy,
+                    exit_depth=req.exit_depth, flops=flops))
 
     def _request_sim(self, metas: Mapping[int, Any]) -> tuple[float | None, float | None]:
         if self.dag is None or not metas or not all(m.simulated for m in metas.values()):
             return None, None
         dur = {pid: m.duration for pid, m in metas.items()}
-        mk = dag_makespan(self.dag, dur, self.transfer)
+        dag = self.dag
+        if len(metas) < len(self.stages):  # left at an exit: the partitions that ran (and sources)
+            dag = dag.subgraph([n for n in dag if n in metas or dag.in_degree(n) == 0])
+        mk = dag_makespan(dag, dur, self.transfer)
         busy: dict[str, float] = {}
         for m in metas.values():
             busy[m.device] = busy.get(m.device, 0.0) + m.duration

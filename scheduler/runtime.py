@@ -313,7 +313,10 @@ class Runtime:
             placed for, and the signature submitted inputs must match.
         devices: device names (see :data:`DEVICE_FORMS`); None: :func:`executors.detect`.
         policy: a policy name from :func:`policies.available` or a ``Policy`` instance.
-        gate: early-exit gate (a later issue); anything but None raises NotImplementedError.
+        gate: early exits (see :mod:`scheduler.gated`): a :class:`policies.gating.Gate` at
+            ``exit_depth``, or a :class:`policies.gating.Cascade`; the model must be an exit
+            model (:class:`graphs.vision.ExitModel`). Easy requests return the exit head's
+            logits from the shallow partition; the others continue on the deep path.
         ray_address: join this Ray cluster (also ``RAY_ADDRESS``); None: local Ray.
         granularity: capture granularity, ``"op" | "module" | "layer"``.
         cost_model: a :class:`policies.cost.CostModel`; default ``RooflineCostModel``.
@@ -336,11 +339,12 @@ class Runtime:
         timing_only: run ``sim:`` devices on meta tensors (no real output; for sizes that do
             not fit here); results are then meta tensors.
         executor_options: extra keyword arguments for every executor.
+        exit_depth: the depth of a single ``gate`` (number of stages before its exit).
 
     Raises:
         RuntimeConfigError: a bad option value (the message names it and the choices).
         graphs.errors.UnknownNameError: an unknown device form, policy or granularity.
-        NotImplementedError: ``gate`` is not None (gating arrives with a later issue).
+        NotImplementedError: a gate that cannot serve (oracle, patience).
     """
 
     def __init__(self, model: torch.nn.Module, example_inputs: Any,
@@ -353,11 +357,8 @@ class Runtime:
                  policy_options: Mapping[str, Any] | None = None, max_retries: int = 3,
                  max_restarts: int = 4, recovery_timeout: float = 30.0, history: int = 100_000,
                  timing_only: bool = False,
-                 executor_options: Mapping[str, Any] | None = None):
-        if gate is not None:
-            raise NotImplementedError(
-                "gate: early-exit gating is not implemented in the Runtime yet (it arrives with "
-                "the gating issue); pass gate=None")
+                 executor_options: Mapping[str, Any] | None = None,
+                 exit_depth: int | None = None):
         self._closed = True  # until fully deployed: shutdown() then cleans up what exists
         self._actors: dict[str, Any] = {}
         self._owns_ray = False
@@ -404,7 +405,13 @@ class Runtime:
 
         model.eval()
         self.model = model
-        self.graph = capture(model, self.example_inputs, granularity=granularity)
+        if gate is None and exit_depth is not None:
+            raise RuntimeConfigError("exit_depth goes with gate=...; got no gate")
+        if gate is not None:
+            from .gated import gate_points
+
+            gate_points(model, gate, exit_depth)  # bad gate configuration fails before any work
+        self.gate = gate
         if cost_model is None:
             from policies.roofline import RooflineCostModel
 
@@ -417,8 +424,16 @@ class Runtime:
                     f"cost_model must be a policies.cost.CostModel, got {type(cost_model).__name__}")
         self.cost_model = cost_model
         self.policy = self._policy(policy, policy_options)
-        self.plan = self.policy.place(self.graph, self.cluster, self.cost_model)
-        self.partitioned = partition(self.graph, self.plan.assignment)
+        if gate is None:
+            self.graph = capture(model, self.example_inputs, granularity=granularity)
+            self.plan = self.policy.place(self.graph, self.cluster, self.cost_model)
+            self.partitioned = partition(self.graph, self.plan.assignment)
+        else:
+            from .gated import build_gated
+
+            self.graph, self.plan, self.partitioned = build_gated(
+                model, self.example_inputs, gate, exit_depth, self.cluster, self.cost_model,
+                self.policy, granularity)
         self.predicted = {p.id: self._predict(p) for p in self.partitioned.parts}
         self._transfer, self._sim_dag = self._transfers()
 
@@ -427,18 +442,26 @@ class Runtime:
         self._recovery_timeout = recovery_timeout
         self._executor_options = dict(executor_options or {})
         self._init_ray(ray_address)
-        self.recorder = StatsRecorder(history=history, pace=pace)
-        power = {d: self.cost_model.power(d) for d in self.devices}
         pm = self.partitioned
+        gated = gate is not None
+        self.recorder = StatsRecorder(history=history, pace=pace, gated=gated,
+                                      full_flops=pm.full_flops if gated else None)
+        power = {d: self.cost_model.power(d) for d in self.devices}
+        if gated:
+            out_names, assemble = pm.output_names, pm.assemble
+        else:
+            out_names = pm.output_spec.names
+            assemble = lambda vals: pm.output_spec.build(dict(zip(out_names, vals)))  # noqa: E731
         try:
             self._deploy()
             self._dispatcher = Dispatcher(
                 [Stage(p.id, p.device, p.inputs, p.outputs) for p in pm.parts], self._actors,
-                pm.input_names, pm.output_spec.names,
-                lambda vals: pm.output_spec.build(dict(zip(pm.output_spec.names, vals))),
+                pm.input_names, out_names, assemble,
                 self.recorder, dag=self._sim_dag, transfer=self._transfer_time, power=power,
                 max_in_flight=max_in_flight, submit_timeout=submit_timeout,
-                request_timeout=request_timeout, max_retries=max_retries, recover=self._recover)
+                request_timeout=request_timeout, max_retries=max_retries, recover=self._recover,
+                exits=pm.exits if gated else (),
+                flops={p.id: float(p.flops) for p in pm.parts} if gated else None)
         except BaseException:
             self.shutdown(wait=False)  # kill what was deployed; stop Ray if we started it
             raise

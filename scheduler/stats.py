@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Hashable, Iterable, Mapping
 
@@ -55,6 +55,8 @@ class RequestRecord:
     attempts: int = 1  # tries (1 + retries)
     sim_makespan: float | None = None  # seconds along the partition DAG from measured durations
     energy: float | None = None  # joules for this request on simulated devices (None: unknown)
+    exit_depth: int = 0  # early exit it left at (stages run); 0 = the full model
+    flops: float | None = None  # FLOPs of the partitions it ran (None: not counted)
 
     @property
     def latency(self) -> float:
@@ -86,6 +88,10 @@ class RuntimeStats:
     sim_makespan_p50: float | None  # seconds, median simulated makespan of a request
     energy_per_request: float | None  # joules, mean over completed requests (sim devices)
     measurements: int  # partition calls measured (all time)
+    exit_rate: float | None = None  # fraction of completed requests that left at an early exit (gated)
+    exits: Mapping[str, int] = field(default_factory=dict)  # path ("exit@d" | "full") -> completed requests
+    compute_saved: float | None = None  # 1 - FLOPs run / FLOPs of the plain model, over completed requests
+    latency_by_path: Mapping[str, float] = field(default_factory=dict)  # path -> median wall latency, s
 
     def as_dict(self) -> dict:
         """Plain dict (mappings copied)."""
@@ -158,10 +164,13 @@ class StatsRecorder:
     percentiles, busy times and traces (counters are kept for all time).
     """
 
-    def __init__(self, history: int = 100_000, pace: float | None = None):
+    def __init__(self, history: int = 100_000, pace: float | None = None,
+                 full_flops: float | None = None, gated: bool = False):
         if not isinstance(history, int) or history < 1:
             raise ValueError(f"history must be an int >= 1, got {history!r}")
         self.pace = pace
+        self.full_flops = full_flops  # FLOPs of one request through the plain model
+        self.gated = gated  # requests may leave at early exits
         self._lock = threading.Lock()
         self._measurements: deque[Measurement] = deque(maxlen=history)
         self._requests: deque[RequestRecord] = deque(maxlen=history)
@@ -270,7 +279,26 @@ class StatsRecorder:
             sim_makespan_p50=percentile(sims, 50),
             energy_per_request=(sum(energies) / len(energies)) if energies and len(energies) == len(done) else None,
             measurements=n_meas,
+            **self._paths(done),
         )
+
+    def _paths(self, done: list[RequestRecord]) -> dict:
+        """Exit rate, compute saved and latency by path (gated runtimes)."""
+        if not self.gated:
+            return {}
+        by: dict[str, list[float]] = {}
+        for r in done:
+            by.setdefault(f"exit@{r.exit_depth}" if r.exit_depth else "full", []).append(r.latency)
+        flops = [r.flops for r in done if r.flops is not None]
+        saved = None
+        if self.full_flops and done and len(flops) == len(done):
+            saved = 1.0 - sum(flops) / (len(done) * self.full_flops)
+        return {
+            "exit_rate": (sum(1 for r in done if r.exit_depth) / len(done)) if done else None,
+            "exits": MappingProxyType({k: len(v) for k, v in sorted(by.items())}),
+            "compute_saved": saved,
+            "latency_by_path": MappingProxyType({k: percentile(v, 50) for k, v in sorted(by.items())}),
+        }
 
 
 __all__ = ["Measurement", "RequestRecord", "RuntimeStats", "StatsRecorder", "percentile",

@@ -66,7 +66,8 @@ BAD_CONFIGS = [
      "cost_model must be a policies.cost.CostModel, got _NotACostModel"),
     ("dynamic-dims-bad-input", {"dynamic_dims": {3: [1]}}, RuntimeConfigError, "dynamic_dims names input 3"),
     ("dynamic-dims-bad-dim", {"dynamic_dims": {0: [5]}}, RuntimeConfigError, r"dynamic_dims\[0\] names dimension 5"),
-    ("gate-not-implemented", {"gate": object()}, NotImplementedError, "gating is not implemented"),
+    ("gate-on-a-model-without-exits", {"gate": object()}, RuntimeConfigError,
+     r"gate needs an exit model .* has no 'stages'"),
 ]
 
 

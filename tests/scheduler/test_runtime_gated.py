@@ -1,0 +1,128 @@
+"""Early exits in the Runtime: the shallow path is its own partition with the gate beside
+it; easy requests return the exit head's logits and never touch the deep path's devices;
+hard ones continue from the hidden state (no recomputation)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from graphs.vision import ExitCNN, ExitViT
+from policies.gating import Cascade, EntropyGate, MaxSoftmaxGate, OracleGate, PatienceGate, run_gated
+from scheduler import Runtime
+from scheduler.errors import RuntimeConfigError
+
+pytestmark = pytest.mark.ray
+
+TRIO = ["sim:atlas-200i-a2", "sim:jetson-orin-nx", "sim:edge-cpu-a76"]
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    torch.manual_seed(0)
+    return ExitCNN().eval()
+
+
+@pytest.fixture(scope="module")
+def xs():
+    g = torch.Generator().manual_seed(1)
+    return [torch.randn(1, 1, 28, 28, generator=g) for _ in range(12)]
+
+
+def _exit_ref(model, x, depth):
+    with torch.inference_mode():
+        return model.exit_logits(model.forward_until(x, depth), depth)
+
+
+def test_threshold_zero_every_request_exits_on_the_shallow_device_only(ray_session, cnn, xs):
+    # round-robin spreads the combined graph, so the deep path lands on other devices
+    with Runtime(cnn, xs[0], devices=TRIO, policy="round-robin", gate=MaxSoftmaxGate(0.0),
+                 exit_depth=1) as rt:
+        seg = rt.partitioned.parts[0]
+        deep_devices = {p.device for p in rt.partitioned.parts[1:]}
+        assert deep_devices - {seg.device}, "test needs the deep path on another device"
+        futs = [rt.submit(x) for x in xs]
+        for x, f in zip(xs, futs):
+            torch.testing.assert_close(f.result(timeout=60), _exit_ref(cnn, x, 1))
+            assert f.exit_depth == 1
+        st = rt.stats()
+        assert st.exit_rate == 1.0 and dict(st.exits) == {"exit@1": len(xs)}
+        # the devices touched are the shallow partition's only
+        assert {m.device for m in rt.measurements()} == {seg.device}
+        assert {m.partition for m in rt.measurements()} == {seg.id}
+        full = rt.partitioned.full_flops
+        assert st.compute_saved == pytest.approx(1 - rt.partitioned.segment_flops[0] / full)
+        assert 0 < st.compute_saved < 1
+
+
+def test_threshold_above_one_no_request_exits_and_results_equal_the_model(ray_session, cnn, xs):
+    with Runtime(cnn, xs[0], devices=TRIO, gate=MaxSoftmaxGate(2.0), exit_depth=2) as rt:
+        futs = [rt.submit(x) for x in xs[:6]]
+        for x, f in zip(xs, futs):
+            with torch.inference_mode():
+                torch.testing.assert_close(f.result(timeout=60), cnn(x))
+            assert f.exit_depth == 0
+        st = rt.stats()
+        assert st.exit_rate == 0.0 and dict(st.exits) == {"full": 6}
+        # every partition ran once per request: the deep path did not recompute the shallow one
+        per_request = {}
+        for m in rt.measurements():
+            per_request.setdefault(m.request, []).append(m.partition)
+        assert all(sorted(v) == list(range(len(rt.partitioned.parts))) for v in per_request.values())
+        # the ungated cost is paid plus the exit head and gate
+        assert st.compute_saved < 0
+
+
+def test_mixed_routing_matches_the_gates_own_decisions(ray_session, cnn, xs):
+    with torch.inference_mode():
+        conf = torch.cat([_exit_ref(cnn, x, 1).softmax(1).amax(1) for x in xs])
+    thr = float(conf.median())
+    gate = MaxSoftmaxGate(thr)
+    with Runtime(cnn, xs[0], devices=TRIO, gate=gate, exit_depth=1) as rt:
+        futs = [rt.submit(x) for x in xs]
+        for x, f in zip(xs, futs):
+            ref = run_gated(cnn, gate, x, depth=1)
+            torch.testing.assert_close(f.result(timeout=60), ref.logits)
+            assert f.exit_depth == int(ref.exit_depth)
+        paths = [f.exit_depth for f in futs]
+        assert 0 < sum(1 for p in paths if p) < len(xs)
+        st = rt.stats()
+        assert st.exit_rate == pytest.approx(sum(1 for p in paths if p) / len(xs))
+        assert set(st.latency_by_path) == {"exit@1", "full"}
+
+
+def test_cascade_leaves_at_the_first_passing_exit(ray_session):
+    torch.manual_seed(0)
+    vit = ExitViT(depth=3).eval()
+    g = torch.Generator().manual_seed(2)
+    xs = [torch.randn(1, 1, 28, 28, generator=g) for _ in range(12)]
+    with torch.inference_mode():
+        c1 = torch.cat([_exit_ref(vit, x, 1).softmax(1).amax(1) for x in xs])
+    cascade = Cascade({1: MaxSoftmaxGate(float(c1.quantile(0.7))), 2: EntropyGate(-1.5)})
+    with Runtime(vit, xs[0], devices=TRIO[:2], gate=cascade) as rt:
+        assert [e.depth for e in rt.partitioned.exits] == [1, 2]
+        futs = [rt.submit(x) for x in xs]
+        for x, f in zip(xs, futs):
+            ref = run_gated(vit, cascade, x)
+            torch.testing.assert_close(f.result(timeout=60), ref.logits)
+            assert f.exit_depth == int(ref.exit_depth)
+        assert len({f.exit_depth for f in futs}) >= 2, "thresholds should route requests differently"
+
+
+@pytest.mark.parametrize("kwargs, err, match", [
+    (dict(gate=MaxSoftmaxGate(0.5)), RuntimeConfigError, r"needs exit_depth"),
+    (dict(gate=MaxSoftmaxGate(0.5), exit_depth=7), RuntimeConfigError, r"no exit head at depth 7"),
+    (dict(exit_depth=1), RuntimeConfigError, r"exit_depth goes with gate"),
+    (dict(gate="max_softmax", exit_depth=1), RuntimeConfigError, r"gate must be a policies.gating.Gate"),
+    (dict(gate=OracleGate(), exit_depth=1), NotImplementedError, r"needs the labels"),
+    (dict(gate=PatienceGate(2), exit_depth=1), NotImplementedError, r"earlier exits"),
+    (dict(gate=Cascade({1: MaxSoftmaxGate(0.5)}), exit_depth=1), RuntimeConfigError, r"Cascade names"),
+])
+def test_bad_gate_configuration_is_a_clear_error_before_any_work(cnn, kwargs, err, match):
+    with pytest.raises(err, match=match):
+        Runtime(cnn, torch.randn(1, 1, 28, 28), devices=TRIO, **kwargs)
+
+
+def test_gate_needs_an_exit_model():
+    with pytest.raises(RuntimeConfigError, match=r"needs an exit model .* has no 'stages'"):
+        Runtime(torch.nn.Linear(4, 2), torch.randn(1, 4), devices=TRIO, gate=MaxSoftmaxGate(0.5),
+                exit_depth=1)
