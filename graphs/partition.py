@@ -528,6 +528,12 @@ def partition(graph: OpGraph, assignment: Mapping[Hashable, str] | Any) -> Parti
     defaults = {n.name: n.args[0] for n in placeholders if n.args}
     out_node = next(n for n in gm.graph.nodes if n.op == "output")
     structure = _to_plain(fx.node.map_arg(out_node.args[0], lambda n: ValueRef(n.name)))
+    out_spec = getattr(getattr(gm.graph._codegen, "pytree_info", None), "out_spec", None)
+    if out_spec is not None:  # torch.export graphs return a flat tuple; the module unflattens it
+        import torch.utils._pytree as pytree
+
+        flat = list(structure) if isinstance(structure, (tuple, list)) else [structure]
+        structure = _to_plain(pytree.tree_unflatten(flat, out_spec))
     return PartitionedModel(parts=tuple(parts), dag=dag, input_names=tuple(n.name for n in placeholders),
                             input_defaults=defaults, output_spec=OutputSpec(structure), producer=producer)
 

@@ -341,3 +341,26 @@ def test_predicted_sums_node_times_per_partition():
     pm = partition(g, {"a": "d0", "relu": "d0", "b": "d1", "tanh": "d1", "c": "d0"})
     assert pm.devices == ("d0", "d1", "d0")
     assert pm.predicted(g, Table()) == (2.0, 4.0, 1.0)
+
+
+def test_export_captured_model_partitions_pickle_and_keep_the_output_structure():
+    """torch.export graphs: no guard submodule (not picklable), and the flat output tuple is
+    rebuilt into the model's own output structure."""
+    import pickle
+
+    from graphs import capture, partition
+    from graphs.vision import ExitCNN
+
+    torch.manual_seed(0)
+    m = ExitCNN().eval()
+    x = torch.randn(2, 1, 28, 28)
+    g = capture(m, (x,), granularity="op", method="export")
+    nodes = [n for n, a in g.nodes(data=True) if a["kind"] not in ("input", "output", "param")]
+    pm = partition(g, {n: ("a" if i % 3 else "b") for i, n in enumerate(nodes)})
+    assert len(pm.parts) > 2
+    for p in pm.parts:
+        q = pickle.loads(pickle.dumps(p))
+        assert q.outputs == p.outputs
+    out = pm(x)
+    assert isinstance(out, torch.Tensor)
+    torch.testing.assert_close(out, m(x))
