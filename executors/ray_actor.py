@@ -17,7 +17,9 @@ Resources (:func:`actor_options`): ``cuda:N`` asks for ``num_gpus=1`` and ``npu:
 index 0, which the actor maps to. ``sim:<profile>`` asks for the custom resource
 ``sim_<profile>`` (see :func:`sim_resource`) only when the cluster declares it (a local
 embedded Ray gets it from ``ray.init(resources={"sim_atlas-200i-a2": 1})``, which is what
-the Runtime does), so a simulated device can be pinned to a node. Every actor asks for
+the Runtime does), so a simulated device can be pinned to a node; it asks for a small share
+(:data:`SIM_RESOURCE_SHARE`), so several runtimes can simulate the same device on one
+Ray. Every actor asks for
 ``num_cpus=0`` by default (three simulated devices fit on a 2-core machine) and sets
 ``torch.set_num_threads(threads)`` (default 1) in its process.
 
@@ -32,7 +34,7 @@ Example:
     >>> actor_options("npu:0")
     {'num_cpus': 0, 'resources': {'NPU': 1}}
     >>> actor_options("sim:atlas-200i-a2", cluster_resources={"sim_atlas-200i-a2": 1.0})
-    {'num_cpus': 0, 'resources': {'sim_atlas-200i-a2': 1}}
+    {'num_cpus': 0, 'resources': {'sim_atlas-200i-a2': 0.01}}
     >>> actor_options("sim:atlas-200i-a2", cluster_resources={"CPU": 2.0})
     {'num_cpus': 0}
 """
@@ -47,7 +49,11 @@ import ray
 
 from .base import ExecutionResult
 
-__all__ = ["ExecutorActor", "ExecutorHost", "actor_options", "sim_resource"]
+__all__ = ["ExecutorActor", "ExecutorHost", "actor_options", "sim_resource", "SIM_RESOURCE_SHARE"]
+
+
+#: Fraction of a simulated device's custom resource one executor actor requests.
+SIM_RESOURCE_SHARE = 0.01
 
 
 def sim_resource(device_name: str) -> str:
@@ -77,8 +83,10 @@ def actor_options(device_name: str, *, num_cpus: float = 0,
         if cluster_resources is None and ray.is_initialized():
             cluster_resources = ray.cluster_resources()
         res = sim_resource(device_name)
-        if cluster_resources and cluster_resources.get(res, 0) >= 1:
-            opts["resources"] = {res: 1}
+        if cluster_resources and cluster_resources.get(res, 0) > 0:
+            # a small fraction: the resource says *where* a simulated device may live, not how
+            # many runtimes may simulate it at once (several Runtimes share one Ray)
+            opts["resources"] = {res: SIM_RESOURCE_SHARE}
     return opts
 
 

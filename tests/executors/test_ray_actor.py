@@ -7,7 +7,7 @@ import torch.fx as fx
 from torch import nn
 
 from executors.errors import ExecutorError
-from executors.ray_actor import ExecutorActor, ExecutorHost, actor_options, sim_resource
+from executors.ray_actor import SIM_RESOURCE_SHARE, ExecutorActor, ExecutorHost, actor_options, sim_resource
 from graphs.opgraph import OpGraph
 from graphs.partition import partition
 
@@ -51,7 +51,7 @@ def test_actor_options():
     assert actor_options("cuda:3", num_cpus=1) == {"num_cpus": 1, "num_gpus": 1}
     assert actor_options("npu:0") == {"num_cpus": 0, "resources": {"NPU": 1}}
     assert sim_resource("sim:a/b c") == "sim_a_b_c"
-    assert actor_options("sim:x", cluster_resources={"sim_x": 2.0}) == {"num_cpus": 0, "resources": {"sim_x": 1}}
+    assert actor_options("sim:x", cluster_resources={"sim_x": 2.0}) == {"num_cpus": 0, "resources": {"sim_x": SIM_RESOURCE_SHARE}}
     assert actor_options("sim:x", cluster_resources={"CPU": 2.0}) == {"num_cpus": 0}
 
 

@@ -310,6 +310,10 @@ with Runtime(m, (x,), devices=["sim:atlas-200i-a2", "sim:edge-cpu-a76"], policy=
     torch.testing.assert_close(rt.run(x, timeout=60), m(x))
     print("IP", node["NodeManagerAddress"], "RES", res.get("sim_atlas-200i-a2"), res.get("sim_edge-cpu-a76"))
     print("GCS", ray._private.worker.global_worker.node.gcs_address.split(":")[0])
+    # a second runtime simulating the same devices on the same Ray deploys and serves too
+    with Runtime(m, (x,), devices=["sim:atlas-200i-a2", "sim:edge-cpu-a76"], policy="round-robin") as rt2:
+        torch.testing.assert_close(rt2.run(x, timeout=60), m(x))
+        print("SECOND OK")
 print("AFTER", ray.is_initialized())
 """
 
@@ -329,4 +333,5 @@ def test_embedded_ray_on_loopback_started_and_stopped():
     assert out.returncode == 0, out.stderr[-2000:]
     assert "IP 127.0.0.1 RES 1.0 1.0" in out.stdout  # loopback, one custom resource per sim device
     assert "GCS 127.0.0.1" in out.stdout
+    assert "SECOND OK" in out.stdout  # devices' resources mark placement, not a one-runtime limit
     assert "AFTER False" in out.stdout  # the runtime stopped the Ray it started
