@@ -52,6 +52,7 @@ import torch.fx as fx
 
 from .errors import GraphError
 from .opgraph import OpGraph
+from .capture import META_KEY as _META_KEY
 
 __all__ = ["Partition", "PartitionedModel", "OutputSpec", "ValueRef", "partition", "regions",
            "split_graph_module"]
@@ -135,9 +136,11 @@ class Partition:
     module: fx.GraphModule  # the submodule; returns a tuple of len(outputs)
     inputs: tuple[str, ...]  # value names it consumes, in argument order
     outputs: tuple[str, ...]  # value names it produces, in return order
-    nodes: tuple = ()  # OpGraph nodes it covers (in graph order)
+    nodes: tuple = ()  # OpGraph nodes with ops in it (in graph order)
     fx_nodes: tuple[str, ...] = ()  # fx node names it computes
-    flops: int = 0  # sum of its OpGraph nodes' flops
+    flops: int = 0  # FLOPs of its ops (its share of each OpGraph node's flops)
+    shares: Mapping[Hashable, float] = field(default_factory=dict)  # OpGraph node -> fraction of
+    # the node's work done here (1.0 unless a coarse node's ops span several partitions)
     param_bytes: int = 0  # bytes of the parameters and buffers it owns
     bytes_in: int = 0  # bytes of its input values (0 for values of unknown size)
     bytes_out: int = 0  # bytes of its output values
@@ -193,8 +196,8 @@ class PartitionedModel:
         """Seconds each partition takes on its device by ``cost_model`` (a
         ``policies.cost.CostModel``): the sum of ``node_time`` over its op-graph nodes.
         This is what a simulated executor reports (``executor.load(part, predicted)``)."""
-        return tuple(float(sum(cost_model.node_time(graph, n, p.device) for n in p.nodes))
-                     for p in self.parts)
+        return tuple(float(sum(p.shares.get(n, 1.0) * cost_model.node_time(graph, n, p.device)
+                               for n in p.nodes)) for p in self.parts)
 
     def __call__(self, *inputs: Any, **kw: Any) -> Any:
         """Run every partition in order in this process; equals the unpartitioned model."""
@@ -489,16 +492,27 @@ def partition(graph: OpGraph, assignment: Mapping[Hashable, str] | Any) -> Parti
     topo = list(nx.lexicographical_topological_sort(rdag, key=lambda r: first[r]))
     new_id = {r: k for k, r in enumerate(topo)}
 
-    # OpGraph nodes per region (by their first compute member)
+    # OpGraph nodes per region. A coarse node's ops can land in several regions (a split
+    # made to keep the partition DAG acyclic): each region gets the share of the node's work
+    # its ops carry, weighted by the ops' counted FLOPs and output bytes (capture's meta).
     og_nodes: dict[Hashable, list] = {}
-    og_flops: dict[Hashable, int] = {}
+    og_share: dict[Hashable, dict] = {}
+    og_flops: dict[Hashable, float] = {}
     for node, a in graph.nodes(data=True):
         if a.get("kind") in DEVICELESS_KINDS:
             continue
-        rs = [region[str(m)] for m in (a.get("members") or (node,)) if str(m) in region]
-        if rs:
-            og_nodes.setdefault(rs[0], []).append(node)
-            og_flops[rs[0]] = og_flops.get(rs[0], 0) + int(a.get("flops", 0) or 0)
+        weight: dict[Hashable, float] = {}
+        for m in (a.get("members") or (node,)):
+            if str(m) not in region:
+                continue
+            meta = by_name[str(m)].meta.get(_META_KEY) or {}
+            w = float(meta.get("flops", 0) or 0) + float(meta.get("bytes_out", 0) or 0) + 1.0
+            weight[region[str(m)]] = weight.get(region[str(m)], 0.0) + w
+        total = sum(weight.values())
+        for r, w in weight.items():
+            og_nodes.setdefault(r, []).append(node)
+            og_share.setdefault(r, {})[node] = w / total
+            og_flops[r] = og_flops.get(r, 0.0) + w / total * float(a.get("flops", 0) or 0)
 
     sizes = {name: _value_bytes(n, graph) for name, n in by_name.items()}
     parts: list[Partition] = [None] * len(splits)  # type: ignore[list-item]
@@ -507,7 +521,8 @@ def partition(graph: OpGraph, assignment: Mapping[Hashable, str] | Any) -> Parti
         dev = rdev[r]
         parts[new_id[r]] = Partition(
             id=new_id[r], device=dev, module=sub, inputs=ins, outputs=outs,
-            nodes=tuple(og_nodes.get(r, ())), fx_nodes=fx_nodes, flops=og_flops.get(r, 0),
+            nodes=tuple(og_nodes.get(r, ())), fx_nodes=fx_nodes, flops=round(og_flops.get(r, 0)),
+            shares=og_share.get(r, {}),
             param_bytes=_param_bytes(sub), bytes_in=sum(sizes.get(i, 0) for i in ins),
             bytes_out=sum(sizes.get(o, 0) for o in outs))
 

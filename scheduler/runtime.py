@@ -514,7 +514,9 @@ class Runtime:
             f"valid names: {', '.join(policies.available())}")
 
     def _predict(self, part) -> float:
-        return float(sum(self.cost_model.node_time(self.graph, n, part.device) for n in part.nodes))
+        shares = getattr(part, "shares", {})  # a coarse node's ops may span partitions
+        return float(sum(shares.get(n, 1.0) * self.cost_model.node_time(self.graph, n, part.device)
+                         for n in part.nodes))
 
     def _transfers(self):
         """Partition-level transfer seconds (the slowest OpGraph edge crossing each
@@ -523,16 +525,25 @@ class Runtime:
         import networkx as nx
 
         g, plan, pm = self.graph, self.plan, self.partitioned
-        part_of = {n: p.id for p in pm.parts for n in p.nodes}
+        # a node's output leaves from the last partition holding its ops and enters the
+        # first partition holding its consumer's (a coarse node's ops may span partitions)
+        first: dict[Hashable, int] = {}
+        last: dict[Hashable, int] = {}
+        for p in pm.parts:  # ids are a topological order
+            for n in p.nodes:
+                first.setdefault(n, p.id)
+                last[n] = p.id
         src, snk = "__inputs__", "__output__"
         dag = nx.DiGraph()
         dag.add_nodes_from([src, snk, *range(len(pm.parts))])
         dag.add_edges_from(pm.dag.edges)
         times: dict[tuple, float] = {}
         for u, v in g.edges:
-            pu, pv = part_of.get(u, src), part_of.get(v, snk)
+            pu, pv = last.get(u, src), first.get(v, snk)
             if pu == pv or (pu == src and pv == snk):
                 continue
+            if pu != src and pv != snk and pu > pv:
+                continue  # both ends span partitions; the data flows within the later ones
             du = pm.parts[pu].device if pu != src else plan.assignment.get(u)
             dv = pm.parts[pv].device if pv != snk else plan.assignment.get(v)
             if du is None or dv is None:

@@ -335,3 +335,44 @@ def test_embedded_ray_on_loopback_started_and_stopped():
     assert "GCS 127.0.0.1" in out.stdout
     assert "SECOND OK" in out.stdout  # devices' resources mark placement, not a one-runtime limit
     assert "AFTER False" in out.stdout  # the runtime stopped the Ray it started
+
+
+class _Fixed:
+    """A policy that places by a given assignment rule (through the shared engine)."""
+
+    def __new__(cls, rule):
+        from policies.base import Policy
+        from policies.schedule import list_schedule
+
+        class Fixed(Policy):
+            name = "fixed-for-test"
+            description = "assignment given by the test"
+
+            def _place(self, graph, cluster, cost_model):
+                order = list(nx.topological_sort(graph))
+                return list_schedule(graph, cluster, cost_model, order,
+                                     assignment={n: rule(n) for n in graph.nodes})
+
+        return Fixed()
+
+
+@pytest.mark.ray
+def test_coarse_nodes_spanning_partitions_keep_the_sim_dag_acyclic_and_their_time(ray_session, tiny):
+    """(root) on one device, the layers on another: the root group's ops run before and
+    after the layers, which splits a layer's ops over several partitions. Each partition is charged its
+    share of the node's time, and the partition DAG used for simulated makespans stays
+    acyclic."""
+    model, x = tiny
+    cpu, gpu = "sim:edge-cpu-a76", "sim:jetson-orin-nx"
+    policy = _Fixed(lambda n: cpu if n == "(root)" else gpu)
+    with Runtime(model, x, devices=[cpu, gpu], policy=policy, granularity="layer") as rt:
+        spans = {n for p in rt.partitioned.parts for n in p.nodes
+                 if sum(n in q.nodes for q in rt.partitioned.parts) > 1}
+        assert spans, "the test needs a node whose ops span partitions"
+        for n in spans:
+            assert sum(p.shares[n] for p in rt.partitioned.parts if n in p.nodes) == pytest.approx(1.0)
+        assert nx.is_directed_acyclic_graph(rt._sim_dag)
+        total = sum(rt.cost_model.node_time(rt.graph, n, rt.plan.assignment[n]) for n in rt.graph.nodes)
+        assert sum(rt.predicted.values()) == pytest.approx(total)
+        assert rt.predicted_makespan > 0
+        torch.testing.assert_close(rt.run(*x, timeout=60), model(*x))
