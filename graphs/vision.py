@@ -92,16 +92,18 @@ class ExitModel(nn.Module):
         """The hidden state after the first ``depth`` stages (the shallow path)."""
         self._check_input(x)
         self._check_depth(depth)
-        for stage in self.stages[:depth]:
-            x = stage(x)
-        return x
+        return self.run_stages(x, 0, depth)
+
+    def run_stages(self, hidden: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Stages ``start .. stop-1`` applied to the hidden state after ``start`` stages."""
+        for stage in self.stages[start:stop]:
+            hidden = stage(hidden)
+        return hidden
 
     def forward_from(self, hidden: torch.Tensor, depth: int) -> torch.Tensor:
         """Final logits from the hidden state after ``depth`` stages (the deep path)."""
         self._check_depth(depth)
-        for stage in self.stages[depth:]:
-            hidden = stage(hidden)
-        return self.head(hidden)
+        return self.head(self.run_stages(hidden, depth, self.num_stages))
 
     def exit_logits(self, hidden: torch.Tensor, depth: int) -> torch.Tensor:
         """Logits of the exit head at ``depth`` applied to the hidden state after ``depth``."""

@@ -90,6 +90,8 @@ class GateDecision(nn.Module):
         self.gate = gate
 
     def forward(self, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if logits.dim() == 3:  # a language model: decide on the next token (last position)
+            hidden, logits = hidden[:, -1:], logits[:, -1]
         return self.gate.decide(hidden, logits).all()
 
 
@@ -110,15 +112,16 @@ class ExitSegment(nn.Module):
 
     def __init__(self, model: nn.Module, start: int, depth: int, gate: Any):
         super().__init__()
-        self.stages = nn.ModuleList(list(model.stages)[start:depth])
-        self.exit = model.exits[str(depth)]
+        self.model = model
+        self.start, self.depth = start, depth
         self.gate = GateDecision(gate)
 
     def forward(self, x: torch.Tensor):
-        h = x
-        for stage in self.stages:
-            h = stage(h)
-        e = self.exit(h)
+        if self.start == 0:  # from the model's input (embeddings, patches, ...)
+            h = self.model.forward_until(x, self.depth)
+        else:
+            h = self.model.run_stages(x, self.start, self.depth)
+        e = self.model.exit_logits(h, self.depth)
         return h, e, self.gate(h, e)
 
 
@@ -141,7 +144,7 @@ def gate_points(model: nn.Module, gate: Any, exit_depth: int | None) -> list[tup
     """
     from policies.gating import Cascade, Gate
 
-    for attr in ("stages", "exits", "forward_until", "forward_from"):
+    for attr in ("stages", "exits", "forward_until", "forward_from", "run_stages", "exit_logits"):
         if not hasattr(model, attr):
             raise RuntimeConfigError(
                 f"gate needs an exit model (stages, exits, forward_until, forward_from: see "
@@ -198,7 +201,7 @@ def build_gated(model: nn.Module, example_inputs: tuple, gate: Any, exit_depth: 
     seg_graphs, hidden, start = [], x, 0
     for d, g in points:
         seg = ExitSegment(model, start, d, g).eval()
-        sg = capture(seg, (hidden,), granularity="op", name=f"exit@{d}", method="fx",
+        sg = capture(seg, (hidden,), granularity="op", name=f"exit@{d}",
                      leaf_modules=(GateDecision,))
         seg_graphs.append((d, sg))
         with torch.inference_mode():

@@ -81,7 +81,8 @@ class DecoderExits(nn.Module):
         if not isinstance(depth, int) or not 0 <= depth <= self.num_stages:
             raise GatingError(f"depth {depth!r} out of range; valid depths are 0..{self.num_stages}")
 
-    def _run(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    def run_stages(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Layers ``start .. stop-1`` applied to the hidden states after ``start`` layers."""
         cos, sin = self._rope(x.shape[1], x.device, x.dtype)
         for layer in self.stages[start:stop]:
             x = layer(x, cos, sin)
@@ -93,12 +94,12 @@ class DecoderExits(nn.Module):
             raise GatingError(f"input_ids must be an integer tensor of shape (batch, seq); got "
                               f"{tuple(input_ids.shape)} {input_ids.dtype}")
         self._check_depth(depth)
-        return self._run(self.model.embed_tokens(input_ids), 0, depth)
+        return self.run_stages(self.model.embed_tokens(input_ids), 0, depth)
 
     def forward_from(self, hidden: torch.Tensor, depth: int) -> torch.Tensor:
         """Final logits from the hidden states after ``depth`` layers."""
         self._check_depth(depth)
-        return self.head(self._run(hidden, depth, self.num_stages))
+        return self.head(self.run_stages(hidden, depth, self.num_stages))
 
     def exit_logits(self, hidden: torch.Tensor, depth: int) -> torch.Tensor:
         """Logits of the exit after layer ``depth``."""
@@ -111,7 +112,7 @@ class DecoderExits(nn.Module):
         h, done, outs = None, 0, []
         h = self.forward_until(input_ids, 0)
         for d in self.exit_depths:
-            h = self._run(h, done, d)
+            h = self.run_stages(h, done, d)
             done = d
             outs.append(self.exit_logits(h, d))
         outs.append(self.forward_from(h, done))

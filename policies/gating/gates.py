@@ -446,7 +446,7 @@ def run_gated(model: ExitModel, gates: Cascade | Gate, x: torch.Tensor, depth: i
     if b == 1:  # one request: no gathers or scatters, just return at the first passing exit
         h, done, previous = x, 0, []
         for d, gate in gates.gates.items():
-            h = _run(model, h, done, d)
+            h = model.run_stages(h, done, d)
             done = d
             e = model.exit_logits(h, d)
             if bool(gate.decide(h, e, previous=previous, labels=labels)):
@@ -458,7 +458,7 @@ def run_gated(model: ExitModel, gates: Cascade | Gate, x: torch.Tensor, depth: i
     active = torch.arange(b)
     h, done, previous = x, 0, []
     for d, gate in gates.gates.items():
-        h = _run(model, h, done, d)
+        h = model.run_stages(h, done, d)
         done = d
         e = model.exit_logits(h, d)
         lab = labels[active] if labels is not None else None
@@ -473,8 +473,3 @@ def run_gated(model: ExitModel, gates: Cascade | Gate, x: torch.Tensor, depth: i
     logits[active] = model.forward_from(h, done)
     return GatedOutput((logits, where))
 
-
-def _run(model: ExitModel, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    for stage in model.stages[start:stop]:
-        h = stage(h)
-    return h

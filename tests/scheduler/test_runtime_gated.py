@@ -126,3 +126,27 @@ def test_gate_needs_an_exit_model():
     with pytest.raises(RuntimeConfigError, match=r"needs an exit model .* has no 'stages'"):
         Runtime(torch.nn.Linear(4, 2), torch.randn(1, 4), devices=TRIO, gate=MaxSoftmaxGate(0.5),
                 exit_depth=1)
+
+
+def test_the_reference_decoder_exits_on_its_next_token_confidence(ray_session):
+    """Decoder layers need the rotary tables: segments run through the exit model's own
+    forward_until / run_stages; the gate decides on the last position's logits."""
+    from graphs.models import example_inputs, pangu_embedded
+    from policies.gating import attach_exits
+
+    torch.manual_seed(0)
+    dm = attach_exits(pangu_embedded("tiny"), [1]).eval()
+    ids, = example_inputs(dm.model, seq_len=8)
+    g = torch.Generator().manual_seed(3)
+    reqs = [torch.randint(0, dm.num_classes, ids.shape, generator=g) for _ in range(8)]
+    with torch.inference_mode():
+        conf = [float(dm.exit_logits(dm.forward_until(r, 1), 1)[:, -1].softmax(-1).amax()) for r in reqs]
+    thr = sorted(conf)[len(conf) // 2]
+    with Runtime(dm, (ids,), devices=TRIO[:2], gate=MaxSoftmaxGate(thr), exit_depth=1) as rt:
+        futs = [rt.submit(r) for r in reqs]
+        for r, c, f in zip(reqs, conf, futs):
+            out = f.result(timeout=60)
+            with torch.inference_mode():
+                ref = dm.exit_logits(dm.forward_until(r, 1), 1) if c >= thr else dm(r)
+            assert f.exit_depth == (1 if c >= thr else 0)
+            torch.testing.assert_close(out, ref)
