@@ -759,9 +759,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                  f"      latency p50 {_fmt_s(st.latency_p50)}, p95 {_fmt_s(st.latency_p95)}, "
                  f"p99 {_fmt_s(st.latency_p99)}",
                  f"      throughput {st.throughput:.4g} requests/s",
-                 "    no gate on the decoder: the Runtime's gate serves exit models whose stages take "
-                 "one tensor (graphs.vision); the decoder's exits (policies.gating.attach_exits) are "
-                 "not servable by it yet, so step 6 shows the gate on an early-exit CNN", "",
+                 "    no gate on this decoder: its weights are random (nothing is downloaded), so its "
+                 "exit heads have no trained answers to trust; step 6 shows the gate where the exits "
+                 "are trained here, an early-exit CNN on Fashion-MNIST (a decoder is gated the same "
+                 "way: Runtime(policies.gating.attach_exits(model, [k]), ..., gate=..., exit_depth=k))", "",
                  *_indent([format_table(stats_rows(st), ["device", "busy_simulated_s", "busy_wall_s",
                                                          "utilisation_wall"])], "    "))
             summary["decoder"] = {"model": name, "plan": plan.to_dict(), "stats": to_dict(st),
