@@ -12,12 +12,9 @@ Example:
 """
 from __future__ import annotations
 
-import copy
-from typing import Any
-
 import torch
 
-from .base import Executor, map_tensors
+from .accelerator import AcceleratorExecutor, device_index
 from .errors import DeviceUnavailableError
 
 __all__ = ["CUDAExecutor", "cuda_index"]
@@ -30,15 +27,10 @@ def cuda_index(device: str) -> int:
         >>> cuda_index("cuda:1")
         1
     """
-    from graphs.errors import UnknownNameError
-
-    head, _, idx = device.partition(":")
-    if head != "cuda" or (idx and not idx.isdigit()):
-        raise UnknownNameError("CUDA device", device, ["cuda", "cuda:N"])
-    return int(idx or 0)
+    return device_index(device, "cuda")
 
 
-class CUDAExecutor(Executor):
+class CUDAExecutor(AcceleratorExecutor):
     """Runs partitions on ``cuda:N`` (see the module docstring).
 
     ``local_index`` is the index torch sees in this process when it differs from the
@@ -68,13 +60,5 @@ class CUDAExecutor(Executor):
         if threads is not None:
             torch.set_num_threads(int(threads))
 
-    def _prepare(self, partition: Any) -> Any:
-        return copy.deepcopy(partition.module).to(self.torch_device)
-
-    def _execute(self, prepared: Any, args: tuple) -> tuple:
-        dev = self.torch_device
-        args = map_tensors(args, lambda t: t.to(dev, non_blocking=True))
-        outs = tuple(prepared(*args))
-        outs = map_tensors(outs, lambda t: t.cpu())
-        torch.cuda.synchronize(dev)
-        return outs
+    def _synchronize(self) -> None:
+        torch.cuda.synchronize(self.torch_device)

@@ -12,14 +12,13 @@ Example:
 """
 from __future__ import annotations
 
-import copy
 import importlib
 import importlib.util
 from typing import Any
 
 import torch
 
-from .base import Executor, map_tensors
+from .accelerator import AcceleratorExecutor, device_index
 from .errors import DeviceUnavailableError
 
 __all__ = ["NPUExecutor", "npu_available", "npu_count"]
@@ -63,15 +62,10 @@ def npu_index(device: str) -> int:
         >>> npu_index("npu:2")
         2
     """
-    from graphs.errors import UnknownNameError
-
-    head, _, idx = device.partition(":")
-    if head != "npu" or (idx and not idx.isdigit()):
-        raise UnknownNameError("NPU device", device, ["npu", "npu:N"])
-    return int(idx or 0)
+    return device_index(device, "npu")
 
 
-class NPUExecutor(Executor):
+class NPUExecutor(AcceleratorExecutor):
     """Runs partitions on ``npu:N`` (see the module docstring).
 
     ``local_index`` is the index torch-npu sees in this process when it differs from the
@@ -96,13 +90,5 @@ class NPUExecutor(Executor):
         if threads is not None:
             torch.set_num_threads(int(threads))
 
-    def _prepare(self, partition: Any) -> Any:
-        return copy.deepcopy(partition.module).to(self.torch_device)
-
-    def _execute(self, prepared: Any, args: tuple) -> tuple:
-        dev = self.torch_device
-        args = map_tensors(args, lambda t: t.to(dev))
-        outs = tuple(prepared(*args))
-        outs = map_tensors(outs, lambda t: t.cpu())
-        torch.npu.synchronize(dev)  # type: ignore[attr-defined]
-        return outs
+    def _synchronize(self) -> None:
+        torch.npu.synchronize(self.torch_device)  # type: ignore[attr-defined]
