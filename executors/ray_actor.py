@@ -136,6 +136,7 @@ class ExecutorHost:
     @ray.method(concurrency_group="control")
     def loaded(self) -> tuple[int, ...]:
         """Ids of the loaded partitions."""
+        getattr(self.executor, "wait_hang", lambda: None)()  # an injected hang
         return self.executor.loaded()
 
     @ray.method(concurrency_group="control")
@@ -146,8 +147,29 @@ class ExecutorHost:
         return h
 
     @ray.method(concurrency_group="control")
+    def set_slowdown(self, factor: float = 1.0, *, schedule: Any = None,
+                     origin: float | None = None) -> None:
+        """Simulation knob: see :meth:`executors.simulated.SimulatedExecutor.set_slowdown`."""
+        self._sim_only("set_slowdown").set_slowdown(factor, schedule=schedule, origin=origin)
+
+    @ray.method(concurrency_group="control")
+    def hang(self, seconds: float) -> None:
+        """Fault injection: the actor stops answering (runs, ``ping``, ``loaded``) for
+        ``seconds`` from now (simulated devices; returns at once)."""
+        self._sim_only("hang").hang(seconds)
+
+    def _sim_only(self, what: str) -> Any:
+        if not hasattr(self.executor, "set_slowdown"):
+            from .errors import ExecutorError
+
+            raise ExecutorError(f"{what} is a simulation knob of sim:<profile> devices; device "
+                                f"{self.device!r} runs a {type(self.executor).__name__}")
+        return self.executor
+
+    @ray.method(concurrency_group="control")
     def ping(self) -> dict[str, Any]:
         """Cheap liveness check: device, process id and wall clock."""
+        getattr(self.executor, "wait_hang", lambda: None)()  # an injected hang
         return {"device": self.device, "pid": os.getpid(), "time": time.time()}
 
 

@@ -96,7 +96,8 @@ class SimulatedExecutor(Executor):
     kind = "sim"
 
     def __init__(self, spec: DeviceSpec, cost_model: Any = None, *, pace: float | None = None,
-                 timing_only: bool = False, graph: Any = None, threads: int | None = None):
+                 timing_only: bool = False, graph: Any = None, threads: int | None = None,
+                 slowdown: Any = None):
         if not isinstance(spec, DeviceSpec):
             raise ExecutorError(f"SimulatedExecutor needs an executors.devices.DeviceSpec, got {type(spec).__name__}")
         if pace is not None and (not isinstance(pace, (int, float)) or pace < 0):
@@ -109,6 +110,13 @@ class SimulatedExecutor(Executor):
         self.graph = graph
         if threads is not None:
             torch.set_num_threads(int(threads))
+        self._slowdown: list[tuple[float, float]] = [(0.0, 1.0)]  # (seconds after origin, factor)
+        self._slowdown_origin = time.time()
+        self._hang_until = 0.0  # wall clock until which the device does not answer
+        if isinstance(slowdown, (int, float)):
+            self.set_slowdown(slowdown)
+        elif slowdown is not None:
+            self.set_slowdown(schedule=slowdown)
 
     def predict(self, partition: Any) -> float:
         """Seconds for ``partition`` here: the cost model's node times summed over its nodes
@@ -129,6 +137,7 @@ class SimulatedExecutor(Executor):
         return to_meta(partition.module) if self.timing_only else partition.module
 
     def _run_entry(self, entry: _Loaded, args: tuple) -> tuple[tuple, float | None, bool]:
+        self.wait_hang()
         t0 = time.perf_counter()
         if self.timing_only:
             args = map_tensors(args, lambda t: t if t.device.type == "meta" else torch.empty_like(t, device="meta"))
@@ -142,17 +151,72 @@ class SimulatedExecutor(Executor):
                     raise ExecutorError(f"{self.device}: partition {entry.partition.id} cannot run on meta "
                                         f"tensors (timing-only mode): {e}") from e
                 raise
-        duration = float(entry.predicted or 0.0)
+        duration = float(entry.predicted or 0.0) * self.slowdown()
         if self.pace:
             rest = self.pace * duration - (time.perf_counter() - t0)
             if rest > 0:
                 time.sleep(rest)
         return outs, duration, not self.timing_only
 
+    # ----------------------------------------------- simulation knobs (fault injection)
+    def set_slowdown(self, factor: float = 1.0, *, schedule: Any = None,
+                     origin: float | None = None) -> None:
+        """Make the simulated device ``factor`` times slower from now on (1.0: nominal), as
+        a throttling device or a second tenant would; or follow ``schedule``, a list of
+        ``(seconds after origin, factor)`` steps (``origin``: wall clock, default now;
+        before the first step the factor is 1). Every run reports (and, with ``pace``,
+        sleeps) ``factor`` times its predicted duration.
+
+        Example:
+            >>> ex = SimulatedExecutor(DeviceSpec("sim:d", "npu", {"float32": 1e12}, 1e11, 8e9))
+            >>> ex.set_slowdown(schedule=[(0.0, 1.0), (3600.0, 3.0)])
+            >>> ex.slowdown(), ex.slowdown(at=ex._slowdown_origin + 3601)
+            (1.0, 3.0)
+        """
+        if schedule is None:
+            steps = [(0.0, factor)]
+        else:
+            try:
+                steps = sorted((float(t), f) for t, f in schedule)
+            except (TypeError, ValueError):
+                raise ExecutorError(f"{self.device}: slowdown schedule must be [(seconds, factor), ...], "
+                                    f"got {schedule!r}") from None
+        for t, f in steps:
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 0 or f == float("inf"):
+                raise ExecutorError(f"{self.device}: slowdown factor must be a finite number > 0, got {f!r}")
+        self._slowdown = [(t, float(f)) for t, f in steps]
+        self._slowdown_origin = time.time() if origin is None else float(origin)
+
+    def slowdown(self, at: float | None = None) -> float:
+        """The slowdown factor in force at wall clock ``at`` (default now)."""
+        t = (time.time() if at is None else at) - self._slowdown_origin
+        factor = 1.0
+        for start, f in self._slowdown:
+            if t >= start:
+                factor = f
+        return factor
+
+    def hang(self, seconds: float) -> None:
+        """Fault injection: stop answering for ``seconds`` from now. Returns at once; runs
+        that start meanwhile wait until the hang is over (a run already going finishes),
+        and so does :meth:`wait_hang` (the actor's ``ping`` and ``loaded`` call it)."""
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+            raise ExecutorError(f"{self.device}: hang seconds must be a number >= 0, got {seconds!r}")
+        self._hang_until = max(self._hang_until, time.time() + float(seconds))
+
+    def wait_hang(self) -> None:
+        """Block while an injected hang lasts (see :meth:`hang`)."""
+        while True:
+            rest = self._hang_until - time.time()
+            if rest <= 0:
+                return
+            time.sleep(min(rest, 0.05))
+
     def _execute(self, prepared: Any, args: tuple) -> tuple:  # pragma: no cover - _run_entry overrides
         return tuple(prepared(*args))
 
     def health(self) -> dict[str, Any]:
         h = super().health()
+        h.update(slowdown=self.slowdown())
         h.update(pace=self.pace, timing_only=self.timing_only, profile=self.spec.description or self.spec.name)
         return h

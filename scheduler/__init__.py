@@ -14,3 +14,8 @@ from .errors import (InputSignatureError, RequestFailed, RequestTimeout,  # noqa
 from .dispatch import Dispatcher, Stage  # noqa: E402
 from .runtime import InputSignature, Runtime, TensorSpec, build_cluster, host_spec  # noqa: E402
 from .stats import Measurement, RequestRecord, RuntimeStats, StatsRecorder  # noqa: E402
+
+# the adaptive loop: drift detection, health, re-planning, lossless plan switching (helper "adaptive")
+from .errors import AdaptiveError, PlanSwitchError  # noqa: E402
+from .adaptive import (AdaptiveConfig, AdaptiveEvent, DriftAlarm, DriftDetector,  # noqa: E402
+                       HealthTracker, PlanVersion, ReplanController, VersionLedger)

@@ -58,7 +58,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Mapping, Sequence
 
-from .errors import RequestFailed, RequestTimeout, RuntimeClosedError, SubmitTimeout
+from .errors import PlanSwitchError, RequestFailed, RequestTimeout, RuntimeClosedError, SubmitTimeout
 from .stats import Measurement, RequestRecord, StatsRecorder, dag_makespan, request_energy
 
 
@@ -94,6 +94,27 @@ class _Request:
     cursor: int = 0  # index of the next stage to issue (phases with exits)
     gate: dict = field(default_factory=dict)  # 0 -> gate decision, 1 -> exit logits (fetched)
     exit_depth: int = 0  # depth the request left at; 0 = the full model
+    version: int = 0  # plan version of the current attempt (every call of it runs on it)
+
+
+@dataclass
+class _Route:
+    """The partition calls of one plan version (see :meth:`Dispatcher.add_version`)."""
+
+    stages: tuple  # Stage records in a topological order
+    stage_of: dict  # pid -> Stage
+    uses: dict  # value name -> number of stages reading it
+    dag: Any = None  # partition DAG (pids) for a request's simulated makespan
+    transfer: Any = None  # transfer(u, v) seconds between partitions
+    retired: bool = False  # drained and unloaded; kept for late measurements
+
+
+def _uses(stages) -> dict:
+    uses: dict[str, int] = {}
+    for st in stages:
+        for n in st.inputs:
+            uses[n] = uses.get(n, 0) + 1
+    return uses
 
 
 # event kinds on the completion queue
@@ -166,7 +187,8 @@ class Dispatcher:
                  request_timeout: float | None = None, max_retries: int = 3,
                  recover: Callable[[], None] | None = None,
                  on_measurement: Sequence[Callable[[Measurement], None]] = (),
-                 exits: Sequence[Any] = (), flops: Mapping[int, float] | None = None):
+                 exits: Sequence[Any] = (), flops: Mapping[int, float] | None = None,
+                 ledger: Any = None):
         import ray
 
         self._ray = ray
@@ -193,6 +215,15 @@ class Dispatcher:
         for st in self.stages:
             for n in st.inputs:
                 self._uses[n] = self._uses.get(n, 0) + 1
+        #: plan versions (adaptive runtimes): version -> route; a request is pinned to the
+        #: version current at its admission, a retry to the version current at the retry
+        self.ledger = ledger  # scheduler.adaptive.VersionLedger, or None
+        self.version = 0 if ledger is None else ledger.current
+        self._routes: dict[int, _Route] = {
+            self.version: _Route(self.stages, self._stage_of, self._uses, dag, transfer)}
+        #: seconds a completed request's measurements may wait for a batch (None: until the
+        #: completion thread is idle or 256 are waiting); the adaptive loop sets it
+        self.max_flush_delay: float | None = None
         self._methods: dict = {}
         self._backlog: list = []  # completed requests whose meta records are not fetched yet
         self._flush_lock = threading.Lock()
@@ -235,7 +266,11 @@ class Dispatcher:
             limit = self.request_timeout if request_timeout is None else request_timeout
             deadline = (time.monotonic() + limit) if limit else None
             req = _Request(rid=rid, inputs=tuple(inputs), future=fut, submitted=now, deadline=deadline)
+            fut.request = rid  # type: ignore[attr-defined]
             with self._lock:
+                req.version = self.version
+                if self.ledger is not None:
+                    self.ledger.admit(rid)
                 self._requests[rid] = req
                 if deadline is not None:
                     heapq.heappush(self._deadlines, (deadline, rid))
@@ -252,7 +287,8 @@ class Dispatcher:
     def _issue(self, req: _Request) -> None:
         """Submit the calls of ``req``'s current attempt (caller holds the lock)."""
         # an input read by one call travels inline with it; one read by several is put once
-        req.values = {n: (self._ray.put(x) if self._uses.get(n, 0) > 1 else x)
+        uses = self._routes[req.version].uses
+        req.values = {n: (self._ray.put(x) if uses.get(n, 0) > 1 else x)
                       for n, x in zip(self.input_names, req.inputs)}
         req.refs, req.meta_refs, req.cursor, req.exit_depth = [], [], 0, 0
         self._issue_phase(req)
@@ -262,8 +298,9 @@ class Dispatcher:
         watch what decides the request: the gate's outputs, or the model's outputs."""
         values = req.values
         exit_point = None
-        for i in range(req.cursor, len(self.stages)):
-            st = self.stages[i]
+        stages = self._routes[req.version].stages
+        for i in range(req.cursor, len(stages)):
+            st = stages[i]
             args = [values[n] for n in st.inputs]
             out = self._method(st).remote(st.pid, *args, request=req.rid)
             *outs, meta = out
@@ -316,6 +353,7 @@ class Dispatcher:
             with self._lock:
                 if self._deadlines:
                     timeout = min(timeout, max(0.0, self._deadlines[0][0] - time.monotonic()))
+            delay = self.max_flush_delay
             try:
                 ev = self._events.get(timeout=timeout)
             except queue.Empty:
@@ -326,8 +364,9 @@ class Dispatcher:
                 if ev is not None:
                     self._handle(ev)
                 self._expire()
-                if self._backlog and (ev is None or len(self._backlog) >= 256):
-                    self.flush()  # idle for 50 ms, or enough records for one batch
+                if self._backlog and (ev is None or len(self._backlog) >= 256 or (
+                        delay is not None and time.time() - self._backlog[0][1] > delay)):
+                    self.flush()  # idle for 50 ms, enough records for one batch, or old enough
             except Exception:  # pragma: no cover - keep serving; the error is on a future
                 import traceback
 
@@ -397,9 +436,10 @@ class Dispatcher:
                 if req.state != "running" or req.attempt != attempt:
                     return
                 req.attempt += 1  # events of the failed attempt are ignored from now on
+                retry = req.attempt
                 self._healthy.clear()
             self.recorder.add_retry()
-            self._retry_queue.put((req.rid, err))
+            self._retry_queue.put((req.rid, err, retry))
             return
         tries = attempt + 1
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
@@ -413,15 +453,16 @@ class Dispatcher:
             item = self._retry_queue.get()
             if item is None:
                 return
-            rid, err = item
+            rid, err, retry = item
             try:
                 if self.recover is not None:
                     self.recover()
                 self._healthy.set()
                 with self._lock:
                     req = self._requests.get(rid)
-                    if req is None or req.state != "running":
-                        continue
+                    if req is None or req.state != "running" or req.attempt != retry:
+                        continue  # finished, or already restarted by reroute()
+                    self._repin(req)
                     self._issue(req)
             except BaseException as e:  # noqa: BLE001
                 self._healthy.set()
@@ -455,14 +496,23 @@ class Dispatcher:
             metas, req.meta_refs = req.meta_refs, []
         self._slots.release()
         finished = time.time()
+        if self.ledger is not None:
+            try:
+                if status == "completed":
+                    self.ledger.complete(rid, req.version)
+                else:
+                    self.ledger.fail(rid)
+            except PlanSwitchError as err:  # never expected: refuse a suspect answer loudly
+                status, value = "failed", RequestFailed(f"request {rid}: {err}", err)
         if status == "completed":
             with self._flush_lock:
                 self._backlog.append((req, finished, metas))
         else:
             self.recorder.add_request(RequestRecord(
                 request=rid, submitted=req.submitted, finished=finished, status=status,
-                attempts=req.attempt + 1))
+                attempts=req.attempt + 1, version=req.version))
         fut = req.future
+        fut.plan_version = req.version  # type: ignore[attr-defined]
         if status == "cancelled":
             return  # the caller cancelled the future itself
         if not fut.set_running_or_notify_cancel():
@@ -500,32 +550,105 @@ class Dispatcher:
                 for pid, v in got.items():
                     m = Measurement(request=req.rid, attempt=req.attempt, partition=pid,
                                     device=v.device, start=v.start, duration=v.duration,
-                                    wall=v.wall, simulated=bool(v.simulated))
+                                    wall=v.wall, simulated=bool(v.simulated), version=req.version)
                     self.recorder.add_measurement(m)
                     for cb in self.on_measurement:
                         try:
                             cb(m)
                         except Exception:  # noqa: BLE001 - a user hook must not stop the runtime
                             pass
-                sim, energy = (self._request_sim(got) if len(got) == len(metas) else (None, None))
+                sim, energy = (self._request_sim(got, self._routes.get(req.version))
+                               if len(got) == len(metas) else (None, None))
                 flops = (sum(self.flops.get(pid, 0.0) for pid, _ in metas) if self.flops else None)
                 self.recorder.add_request(RequestRecord(
                     request=req.rid, submitted=req.submitted, finished=finished,
                     status="completed", attempts=req.attempt + 1, sim_makespan=sim, energy=energy,
-                    exit_depth=req.exit_depth, flops=flops))
+                    exit_depth=req.exit_depth, flops=flops, version=req.version))
 
-    def _request_sim(self, metas: Mapping[int, Any]) -> tuple[float | None, float | None]:
-        if self.dag is None or not metas or not all(m.simulated for m in metas.values()):
+    def _request_sim(self, metas: Mapping[int, Any], route: "_Route | None" = None
+                     ) -> tuple[float | None, float | None]:
+        route = route or self._routes[self.version]
+        if route.dag is None or not metas or not all(m.simulated for m in metas.values()):
             return None, None
         dur = {pid: m.duration for pid, m in metas.items()}
-        dag = self.dag
-        if len(metas) < len(self.stages):  # left at an exit: the partitions that ran (and sources)
+        dag = route.dag
+        if len(metas) < len(route.stages):  # left at an exit: the partitions that ran (and sources)
             dag = dag.subgraph([n for n in dag if n in metas or dag.in_degree(n) == 0])
-        mk = dag_makespan(dag, dur, self.transfer)
+        mk = dag_makespan(dag, dur, route.transfer)
         busy: dict[str, float] = {}
         for m in metas.values():
             busy[m.device] = busy.get(m.device, 0.0) + m.duration
         return mk, request_energy(busy, mk, self.power)
+
+    # ------------------------------------------------------------ plan versions
+    def add_version(self, version: int, stages: Sequence[Stage], *, dag=None,
+                    transfer: Callable[[Hashable, Hashable], float] | None = None) -> None:
+        """Register the partition calls of plan ``version``, already loaded on the actors
+        under partition ids no other live version uses. Requests keep going to the
+        current version until :meth:`switch`."""
+        stages = tuple(stages)
+        with self._lock:
+            if version in self._routes:
+                raise PlanSwitchError(f"plan version {version} is already registered")
+            self._routes[version] = _Route(stages, {s.pid: s for s in stages}, _uses(stages),
+                                           dag, transfer)
+
+    def switch(self, version: int) -> None:
+        """Make ``version`` current: requests admitted from now on, and retries, run on it;
+        requests in flight finish on the version they were admitted to."""
+        with self._lock:
+            route = self._routes[version]
+            self.version = version
+            self.stages, self._stage_of, self._uses = route.stages, route.stage_of, route.uses
+            self.dag, self.transfer = route.dag, route.transfer
+            if self.ledger is not None:
+                self.ledger.publish(version)
+
+    def retire_version(self, version: int) -> tuple[Stage, ...]:
+        """Mark a drained, non-current version retired; returns its stages (to unload)."""
+        with self._lock:
+            if version == self.version:
+                raise PlanSwitchError(f"plan version {version} is current; switch before retiring it")
+            busy = sum(1 for r in self._requests.values() if r.version == version)
+            if busy:
+                raise PlanSwitchError(f"plan version {version} still has {busy} request(s) in flight")
+            route = self._routes.get(version)
+            if route is None or route.retired:
+                return ()
+            route.retired = True
+            return route.stages
+
+    def versions(self) -> dict[int, int]:
+        """Live (not retired) plan versions -> requests in flight on each."""
+        with self._lock:
+            out = {v: 0 for v, r in self._routes.items() if not r.retired}
+            for r in self._requests.values():
+                out[r.version] = out.get(r.version, 0) + 1
+            return out
+
+    def _repin(self, req: _Request) -> None:
+        """Move a request being retried to the current version (caller holds the lock)."""
+        req.version = self.ledger.repin(req.rid) if self.ledger is not None else self.version
+
+    def reroute(self, devices: Sequence[str]) -> int:
+        """Restart, on the current version, every request whose attempt has a call on one
+        of ``devices`` (e.g. a device that stopped answering): a new attempt of the whole
+        request; the old attempt's late results are ignored. Returns how many."""
+        bad = set(devices)
+        moved = 0
+        with self._lock:
+            for req in list(self._requests.values()):
+                route = self._routes.get(req.version)
+                if req.state != "running" or route is None or \
+                        not any(s.device in bad for s in route.stages):
+                    continue
+                req.attempt += 1
+                self._repin(req)
+                self._issue(req)
+                moved += 1
+        for _ in range(moved):
+            self.recorder.add_retry()
+        return moved
 
     # ----------------------------------------------------------------- control
     @property

@@ -340,6 +340,13 @@ class Runtime:
             not fit here); results are then meta tensors.
         executor_options: extra keyword arguments for every executor.
         exit_depth: the depth of a single ``gate`` (number of stages before its exit).
+        adaptive: False (a fixed plan), True, a dict of options or a
+            :class:`scheduler.adaptive.AdaptiveConfig`: calibrate the cost model online from
+            every measured partition call, detect drift and failed devices, re-plan with the
+            same policy and switch plans without losing a request (plans are versioned:
+            requests in flight finish on the version they were admitted to). See
+            :meth:`replan`, :meth:`versions`, :meth:`adaptive_events`, and the simulation
+            knobs :meth:`set_slowdown` and :meth:`inject_failure`.
 
     Raises:
         RuntimeConfigError: a bad option value (the message names it and the choices).
@@ -358,11 +365,20 @@ class Runtime:
                  max_restarts: int = 4, recovery_timeout: float = 30.0, history: int = 100_000,
                  timing_only: bool = False,
                  executor_options: Mapping[str, Any] | None = None,
-                 exit_depth: int | None = None):
+                 exit_depth: int | None = None, adaptive: Any = False):
         self._closed = True  # until fully deployed: shutdown() then cleans up what exists
         self._actors: dict[str, Any] = {}
         self._owns_ray = False
         self._dispatcher: Dispatcher | None = None
+        self._adaptive = None  # scheduler.adaptive.AdaptiveLoop when adaptive
+        if adaptive is not False and adaptive is not None:
+            from .adaptive import AdaptiveConfig
+
+            adaptive = AdaptiveConfig.coerce(adaptive)
+            if gate is not None:
+                raise NotImplementedError(
+                    "adaptive=... with gate=...: re-planning a gated (early-exit) model is not "
+                    "implemented; use one or the other")
         self._check_options(model, max_in_flight, submit_timeout, request_timeout, pace,
                             max_retries, max_restarts, history, trace)
         if not (isinstance(recovery_timeout, (int, float)) and not isinstance(recovery_timeout, bool)
@@ -454,6 +470,10 @@ class Runtime:
             assemble = lambda vals: pm.output_spec.build(dict(zip(out_names, vals)))  # noqa: E731
         try:
             self._deploy()
+            if adaptive:
+                from .adaptive import AdaptiveLoop
+
+                self._adaptive = AdaptiveLoop(self, adaptive)
             self._dispatcher = Dispatcher(
                 [Stage(p.id, p.device, p.inputs, p.outputs) for p in pm.parts], self._actors,
                 pm.input_names, out_names, assemble,
@@ -461,7 +481,10 @@ class Runtime:
                 max_in_flight=max_in_flight, submit_timeout=submit_timeout,
                 request_timeout=request_timeout, max_retries=max_retries, recover=self._recover,
                 exits=pm.exits if gated else (),
-                flops={p.id: float(p.flops) for p in pm.parts} if gated else None)
+                flops={p.id: float(p.flops) for p in pm.parts} if gated else None,
+                ledger=self._adaptive.ledger if self._adaptive else None)
+            if self._adaptive:
+                self._adaptive.attach(self._dispatcher)
         except BaseException:
             self.shutdown(wait=False)  # kill what was deployed; stop Ray if we started it
             raise
@@ -518,13 +541,15 @@ class Runtime:
         return float(sum(shares.get(n, 1.0) * self.cost_model.node_time(self.graph, n, part.device)
                          for n in part.nodes))
 
-    def _transfers(self):
+    def _transfers(self, plan=None, pm=None):
         """Partition-level transfer seconds (the slowest OpGraph edge crossing each
         partition edge, as links are contention-free in the simulator) and a DAG with a
         virtual source (model inputs) and sink (model output) for simulated makespans."""
         import networkx as nx
 
-        g, plan, pm = self.graph, self.plan, self.partitioned
+        g = self.graph
+        plan = self.plan if plan is None else plan
+        pm = self.partitioned if pm is None else pm
         # a node's output leaves from the last partition holding its ops and enters the
         # first partition holding its consumer's (a coarse node's ops may span partitions)
         first: dict[Hashable, int] = {}
@@ -615,6 +640,9 @@ class Runtime:
         """Bring every actor back with its partitions loaded (called before a retry)."""
         import ray
 
+        if self._adaptive is not None:
+            return self._adaptive.recover()  # version-aware; marks dead devices failed
+
         with self._lock:
             for d, actor in self._actors.items():
                 deadline = time.monotonic() + self._recovery_timeout
@@ -670,13 +698,77 @@ class Runtime:
             raise RuntimeConfigError(f"on_measurement needs a callable, got {type(callback).__name__}")
         self._dispatcher.on_measurement.append(callback)
 
+    # --------------------------------------------------------------- adaptive
+    def _need_adaptive(self, what: str):
+        if self._adaptive is None:
+            raise RuntimeConfigError(f"{what} needs an adaptive runtime: build it with "
+                                     f"Runtime(..., adaptive=True)")
+        return self._adaptive
+
+    @property
+    def plan_version(self) -> int:
+        """The current plan version (0: the initial plan; always 0 unless adaptive)."""
+        return 0 if self._adaptive is None else self._adaptive.version
+
+    @property
+    def versions(self) -> tuple:
+        """Every plan version made (:class:`scheduler.adaptive.PlanVersion`), oldest first;
+        empty unless adaptive."""
+        return () if self._adaptive is None else self._adaptive.controller.versions
+
+    @property
+    def controller(self):
+        """The :class:`scheduler.adaptive.ReplanController` (None unless adaptive)."""
+        return None if self._adaptive is None else self._adaptive.controller
+
+    def replan(self, reason: str = "requested"):
+        """Re-plan now with the policy on the calibrated model, excluding failed devices,
+        and deploy the new version if the placement changed (returns it, else None)."""
+        return self._need_adaptive("replan()").replan(reason)
+
+    def adaptive_events(self) -> list:
+        """Drift alarms, failures, recoveries, re-plans, deployments and retirements
+        (:class:`scheduler.adaptive.AdaptiveEvent`), oldest first; empty unless adaptive."""
+        return [] if self._adaptive is None else self._adaptive.controller.events()
+
+    def set_slowdown(self, device: str, factor: float = 1.0, *, schedule: Any = None,
+                     origin: float | None = None) -> None:
+        """Simulation knob: make simulated ``device`` ``factor`` times slower from now on, or
+        follow ``schedule`` (``[(seconds after origin, factor), ...]``, ``origin`` a wall
+        clock time, default now); see :meth:`executors.simulated.SimulatedExecutor.set_slowdown`.
+        The actor takes it at once (its ``control`` group), even while partitions run."""
+        import ray
+
+        self.cluster.check(device)
+        actor = self._actors.get(device)
+        if actor is None:
+            raise RuntimeConfigError(f"device {device!r} runs no executor actor (the plan does not "
+                                     f"use it); devices with actors: {', '.join(sorted(self._actors))}")
+        ray.get(actor.set_slowdown.remote(factor, schedule=schedule, origin=origin))
+
+    def inject_failure(self, device: str, mode: str = "kill", seconds: float | None = None) -> None:
+        """Fault injection (adaptive runtimes): ``"kill"`` ``device``'s actor for good (the
+        device stays unavailable for ``seconds``, None: for ever), ``"crash"`` it (Ray
+        restarts it), or make it ``"hang"`` (stop answering) for ``seconds``."""
+        self._need_adaptive("inject_failure()").inject_failure(device, mode, seconds)
+
     # -------------------------------------------------------------- reporting
     def stats(self) -> RuntimeStats:
         """Latency percentiles, throughput, per-device busy time and utilisation (wall and
         simulated), energy per request on simulated devices, retries, requests in flight."""
         if self._dispatcher is not None:
             self._dispatcher.flush()
-        return self.recorder.summary(in_flight=self._dispatcher.in_flight if self._dispatcher else 0)
+        s = self.recorder.summary(in_flight=self._dispatcher.in_flight if self._dispatcher else 0)
+        if self._adaptive is None:
+            return s
+        import dataclasses
+
+        ev = tuple(self._adaptive.controller.events())
+        return dataclasses.replace(
+            s, plan_version=self._adaptive.version,
+            replans=sum(e.kind == "deployed" for e in ev),
+            failures=sum(e.kind == "failure" for e in ev),
+            recoveries=sum(e.kind == "recovery" for e in ev), events=ev)
 
     def measurements(self) -> list[Measurement]:
         """The kept partition-call measurements (up to ``history``), oldest first."""
@@ -720,11 +812,19 @@ class Runtime:
             return []
         t0 = ms[0].start
         out = []
+        if self._adaptive is not None and (time == "wall" or self.pace):
+            scale = 1.0 if time == "wall" else 1.0 / self.pace
+            for e in self._adaptive.controller.events():
+                at = max(0.0, (e.time - t0) * scale)
+                out.append(TraceEvent(e.kind, "adaptive", at, at, category="adaptive",
+                                      args={"version": e.version, "device": e.device or "",
+                                            "detail": e.detail}))
         if time == "wall":
             for m in ms:
                 out.append(TraceEvent(f"p{m.partition}", m.device, m.start - t0, m.start - t0 + m.wall,
                                       request=m.request, args={"partition": m.partition,
-                                                               "attempt": m.attempt}))
+                                                               "attempt": m.attempt,
+                                                               "version": m.version}))
             return out
         if self.pace:
             for m in ms:
@@ -734,10 +834,11 @@ class Runtime:
             return out
         free: dict[str, float] = {}
         fin: dict[tuple, float] = {}
-        dag = self.partitioned.dag
         for m in ms:
-            ready = max((fin.get((m.request, m.attempt, q), 0.0) + self._transfer_time(q, m.partition)
-                         for q in dag.predecessors(m.partition)), default=0.0)
+            dep = self._adaptive.deployment(m.version) if self._adaptive is not None else None
+            dag, tr = (self._sim_dag, self._transfer) if dep is None else (dep.dag, dep.transfer)
+            ready = max((fin.get((m.request, m.attempt, q), 0.0) + tr.get((q, m.partition), 0.0)
+                         for q in dag.predecessors(m.partition) if isinstance(q, int)), default=0.0)
             s = max(ready, free.get(m.device, 0.0))
             e = s + m.duration
             free[m.device] = e
@@ -770,6 +871,8 @@ class Runtime:
         actors, and stop Ray if this runtime started it. Idempotent."""
         import ray
 
+        if self._adaptive is not None:
+            self._adaptive.stop()
         d = self._dispatcher
         if d is not None and not d._closed:
             if wait and not self._closed:

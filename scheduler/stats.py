@@ -42,6 +42,7 @@ class Measurement:
     duration: float  # seconds on the device: measured, or the simulated device's seconds
     wall: float  # wall seconds actually spent in the call (includes pacing sleeps)
     simulated: bool  # True when ``duration`` is a simulated device's time
+    version: int = 0  # plan version the call belonged to
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class RequestRecord:
     energy: float | None = None  # joules for this request on simulated devices (None: unknown)
     exit_depth: int = 0  # early exit it left at (stages run); 0 = the full model
     flops: float | None = None  # FLOPs of the partitions it ran (None: not counted)
+    version: int = 0  # plan version of the attempt that ended it (answered it, if completed)
 
     @property
     def latency(self) -> float:
@@ -92,6 +94,11 @@ class RuntimeStats:
     exits: Mapping[str, int] = field(default_factory=dict)  # path ("exit@d" | "full") -> completed requests
     compute_saved: float | None = None  # 1 - FLOPs run / FLOPs of the plain model, over completed requests
     latency_by_path: Mapping[str, float] = field(default_factory=dict)  # path -> median wall latency, s
+    plan_version: int = 0  # the current plan version (0: the initial plan)
+    replans: int = 0  # plan versions deployed after the initial one
+    failures: int = 0  # devices marked failed (adaptive runtime)
+    recoveries: int = 0  # failed devices re-admitted (adaptive runtime)
+    events: tuple = ()  # scheduler.adaptive.AdaptiveEvent records, oldest first
 
     def as_dict(self) -> dict:
         """Plain dict (mappings copied)."""
