@@ -303,6 +303,15 @@ def _init_loopback_ray(num_cpus: int, resources: Mapping[str, float]) -> None:
             rc.ENABLE_RAY_CLUSTER = old
 
 
+def _own_storage(x: Any) -> Any:
+    """A tensor that is a view into a larger storage (a slice of a dataset, say) is copied:
+    pickling it for Ray would ship the whole storage with every request."""
+    if isinstance(x, torch.Tensor) and x.device.type != "meta":
+        if x.untyped_storage().nbytes() > x.numel() * x.element_size():
+            return x.clone()
+    return x
+
+
 # ---------------------------------------------------------------------------- Runtime
 class Runtime:
     """Capture, place, partition and deploy a model on Ray actors, then serve requests.
@@ -676,7 +685,7 @@ class Runtime:
         if self._closed:
             raise RuntimeClosedError("the runtime is shut down; create a new Runtime to submit")
         self.signature.check(inputs)
-        values = self.partitioned.bind(*inputs)
+        values = self.partitioned.bind(*(_own_storage(x) for x in inputs))
         if request_timeout is not None:
             self._check_options(self.model, 1, None, request_timeout, None, 0, 0, 1, False)
         return self._dispatcher.submit(tuple(values[n] for n in self.partitioned.input_names),

@@ -376,3 +376,19 @@ def test_coarse_nodes_spanning_partitions_keep_the_sim_dag_acyclic_and_their_tim
         assert sum(rt.predicted.values()) == pytest.approx(total)
         assert rt.predicted_makespan > 0
         torch.testing.assert_close(rt.run(*x, timeout=60), model(*x))
+
+
+def test_a_view_into_a_large_tensor_is_sent_as_its_own_small_copy():
+    """Slices of a dataset are views: pickled as they are, each request would carry the
+    whole storage to the actors."""
+    import pickle
+
+    from scheduler.runtime import _own_storage
+
+    data = torch.randn(1000, 64)
+    view = data[3:4]
+    own = _own_storage(view)
+    torch.testing.assert_close(own, view)
+    assert len(pickle.dumps(own)) < len(pickle.dumps(view)) / 100
+    whole = torch.randn(1, 64)
+    assert _own_storage(whole) is whole  # no copy when the tensor owns its storage
