@@ -119,10 +119,10 @@ class SimulatedExecutor(Executor):
             self.set_slowdown(schedule=slowdown)
 
     def predict(self, partition: Any) -> float:
-        """Seconds for ``partition`` here: the cost model's node times summed over its nodes
+        """Seconds for ``partition`` here: :meth:`graphs.partition.Partition.predicted` on this device
         when this executor has a graph and a cost model, else :func:`roofline_estimate`."""
         if self.cost_model is not None and self.graph is not None and getattr(partition, "nodes", ()):
-            return float(sum(self.cost_model.node_time(self.graph, n, self.device) for n in partition.nodes))
+            return partition.predicted(self.graph, self.cost_model, self.device)
         return roofline_estimate(partition, self.spec)
 
     def load(self, partition: Any, predicted: float | None = None) -> None:

@@ -148,6 +148,14 @@ class Partition:
     def __call__(self, *args: Any) -> tuple:
         return self.module(*args)
 
+    def predicted(self, graph: nx.DiGraph, cost_model: Any, device: str | None = None) -> float:
+        """Seconds this partition takes on ``device`` (default: its own) by ``cost_model``
+        (a ``policies.cost.CostModel``): its share of each op-graph node's ``node_time``.
+        This is what a simulated executor reports (``executor.load(part, predicted)``)."""
+        device = self.device if device is None else device
+        return float(sum(self.shares.get(n, 1.0) * cost_model.node_time(graph, n, device)
+                         for n in self.nodes))
+
 
 @dataclass(frozen=True, eq=False)
 class PartitionedModel:
@@ -193,11 +201,8 @@ class PartitionedModel:
         return values
 
     def predicted(self, graph: nx.DiGraph, cost_model: Any) -> tuple[float, ...]:
-        """Seconds each partition takes on its device by ``cost_model`` (a
-        ``policies.cost.CostModel``): the sum of ``node_time`` over its op-graph nodes.
-        This is what a simulated executor reports (``executor.load(part, predicted)``)."""
-        return tuple(float(sum(p.shares.get(n, 1.0) * cost_model.node_time(graph, n, p.device)
-                               for n in p.nodes)) for p in self.parts)
+        """:meth:`Partition.predicted` of every partition on its own device."""
+        return tuple(p.predicted(graph, cost_model) for p in self.parts)
 
     def __call__(self, *inputs: Any, **kw: Any) -> Any:
         """Run every partition in order in this process; equals the unpartitioned model."""

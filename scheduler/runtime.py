@@ -546,9 +546,7 @@ class Runtime:
             f"valid names: {', '.join(policies.available())}")
 
     def _predict(self, part) -> float:
-        shares = getattr(part, "shares", {})  # a coarse node's ops may span partitions
-        return float(sum(shares.get(n, 1.0) * self.cost_model.node_time(self.graph, n, part.device)
-                         for n in part.nodes))
+        return part.predicted(self.graph, self.cost_model)
 
     def _transfers(self, plan=None, pm=None):
         """Partition-level transfer seconds (the slowest OpGraph edge crossing each
