@@ -260,9 +260,9 @@ def build_gated(model: nn.Module, example_inputs: tuple, gate: Any, exit_depth: 
         else:
             ren[spm.input_names[0]] = prev_hidden
             dag.add_edge(k - 1, k)
-        h_name, e_name, go_name = (ren[n] for n in spm.output_spec.names[:3])
         if len(spm.output_spec.names) != 3:  # pragma: no cover - (h, e, go) are three tensors
             raise RuntimeConfigError("an exit segment must return (hidden, logits, go)")
+        h_name, e_name, go_name = (ren[n] for n in spm.output_spec.names)
         parts.append(dataclasses.replace(p, id=k, inputs=tuple(ren[n] for n in p.inputs),
                                          outputs=tuple(ren[n] for n in p.outputs),
                                          nodes=(f"exit@{d}",)))
