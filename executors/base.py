@@ -30,7 +30,7 @@ import torch
 
 from .errors import ExecutorError
 
-__all__ = ["ExecutionResult", "Executor", "map_tensors"]
+__all__ = ["ExecutionResult", "Executor", "MemberError", "map_tensors"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,31 @@ class ExecutionResult:
     def without_outputs(self) -> "ExecutionResult":
         """The same result with ``outputs=()`` (metadata only, cheap to ship)."""
         return dataclasses.replace(self, outputs=())
+
+
+@dataclass(frozen=True)
+class MemberError:
+    """Stands in for one request's outputs when its run of a partition failed inside a
+    group call (see :meth:`executors.ray_actor.ExecutorHost.run_group`): the other requests
+    of the group are unaffected, and later partitions pass it on instead of running.
+
+    Example:
+        >>> e = MemberError("sim:x: partition 2 failed: IndexError: index out of range")
+        >>> e.summary, type(e.exception()).__name__
+        ('sim:x: partition 2 failed: IndexError: index out of range', 'ExecutorError')
+    """
+
+    message: str
+
+    @property
+    def summary(self) -> str:
+        """The message's first non-empty line (what failed; tracebacks and notes follow it)."""
+        lines = [ln.strip() for ln in self.message.splitlines() if ln.strip()]
+        return lines[0] if lines else "error"
+
+    def exception(self) -> ExecutorError:
+        """The failure as an :class:`~executors.errors.ExecutorError`."""
+        return ExecutorError(self.message)
 
 
 def map_tensors(x: Any, fn) -> Any:
@@ -161,6 +186,11 @@ class Executor(ABC):
         return ExecutionResult(outputs=tuple(outputs), device=self.device, partition=int(partition_id),
                                start=start, duration=float(duration), wall=wall,
                                simulated=self.kind == "sim", computed=computed, request=request)
+
+    def partition(self, partition_id: int) -> Any:
+        """The loaded partition ``partition_id``; raises :class:`ExecutorError` ("is not
+        loaded") when it is not."""
+        return self._entry(partition_id).partition
 
     def unload(self, partition_id: int) -> None:
         """Forget partition ``partition_id`` and free what it held on the device."""

@@ -3,14 +3,20 @@
 :class:`ExecutorActor` builds its executor *inside* the actor process from the device
 name (:func:`executors.factory.create`), so no CUDA or NPU object ever crosses processes;
 partitions (picklable fx modules) are shipped to it once with ``load``. Requests then call
-``run`` or ``run_split`` with Ray object refs as arguments: Ray resolves them in the actor,
-fetching each tensor straight from the actor that produced it, so activations flow
+``run`` or ``run_group`` with Ray object refs as arguments: Ray resolves them in the actor,
+fetching each value straight from the process that produced it, so activations flow
 actor-to-actor without passing through the driver.
 
-``run_split`` returns each output as its own Ray object plus a metadata-only
-:class:`~executors.base.ExecutionResult` last; call it with
+``run_group`` runs a partition for a *group* of requests in one actor call (request
+coalescing: Ray's per-call cost is paid once per group, not once per request). Each
+argument is a *column*, a list with one value per request of the group, and each output
+comes back as its own column (a Ray object), followed by a column of metadata-only
+:class:`~executors.base.ExecutionResult` records; call it with
 ``.options(num_returns=len(partition.outputs) + 1)`` so that a consumer on another device
-fetches only the values it needs.
+fetches only the columns it needs. Every request runs on its own (no tensors are stacked),
+so its result is exactly what a call of its own gives; one whose run raises gets a
+:class:`~executors.base.MemberError` in its place, which later partitions pass on, and the
+rest of the group is unaffected.
 
 Resources (:func:`actor_options`): ``cuda:N`` asks for ``num_gpus=1`` and ``npu:N`` for the
 ``NPU`` resource Ray reports for Ascend devices; inside the actor the one visible device is
@@ -23,7 +29,7 @@ Ray. Every actor asks for
 ``num_cpus=0`` by default (three simulated devices fit on a 2-core machine) and sets
 ``torch.set_num_threads(threads)`` (default 1) in its process.
 
-Concurrency: ``load``/``run``/``run_split``/``unload`` run one at a time (a device runs one
+Concurrency: ``load``/``run``/``run_group``/``unload`` run one at a time (a device runs one
 partition at a time, in arrival order); ``ping``, ``health`` and ``loaded`` are in a
 separate ``control`` concurrency group, so a liveness check answers while a long
 partition is running.
@@ -47,9 +53,10 @@ from typing import Any, Mapping
 
 import ray
 
-from .base import ExecutionResult
+from .base import ExecutionResult, MemberError
 
-__all__ = ["ExecutorActor", "ExecutorHost", "actor_options", "sim_resource", "SIM_RESOURCE_SHARE"]
+__all__ = ["ExecutorActor", "ExecutorHost", "MemberError", "actor_options", "sim_resource",
+           "SIM_RESOURCE_SHARE"]
 
 
 #: Fraction of a simulated device's custom resource one executor actor requests.
@@ -121,13 +128,50 @@ class ExecutorHost:
         """Run a loaded partition; the result carries the outputs."""
         return self.executor.run(partition_id, *args, request=request)
 
-    def run_split(self, partition_id: int, *args: Any, request: Any = None) -> Any:
-        """Run a loaded partition; return ``(*outputs, meta)`` (``meta`` alone when it has no
-        outputs), where ``meta`` is the result without outputs."""
-        r = self.executor.run(partition_id, *args, request=request)
-        if not r.outputs:
-            return r.without_outputs()
-        return (*r.outputs, r.without_outputs())
+    def run_group(self, partition_id: int, requests: tuple, select: tuple | None,
+                  *columns: list) -> Any:
+        """Run a loaded partition once for each request of a group (see the module docstring).
+
+        ``requests`` are the group's request ids, ``columns`` the partition's inputs in
+        order, each a list with one value per request; ``select`` lists the positions to run
+        (None: all; the rest get ``None``). Returns ``(*output columns, meta column)`` (the
+        meta column alone when the partition has no outputs). A partition that is not
+        loaded fails the whole call (a restarted actor); any other failure fails only its
+        request, whose outputs become a :class:`~executors.base.MemberError`.
+
+        Example:
+            >>> import torch, torch.fx
+            >>> from graphs.partition import Partition
+            >>> h = ExecutorHost("cpu")
+            >>> gm = torch.fx.symbolic_trace(lambda x: (x + 1,))
+            >>> h.load(Partition(0, "cpu", gm, ("x",), ("add",)))
+            0
+            >>> out, meta = h.run_group(0, (7, 8), None, [torch.zeros(1), torch.ones(1)])
+            >>> out, [m.request for m in meta]
+            ([tensor([1.]), tensor([2.])], [7, 8])
+        """
+        n_out = len(self.executor.partition(partition_id).outputs)
+        n = len(requests)
+        outs: list[list] = [[None] * n for _ in range(n_out)]
+        metas: list = [None] * n
+        for i in (range(n) if select is None else select):
+            args = [col[i] for col in columns]
+            err = next((a for a in args if isinstance(a, MemberError)), None)
+            if err is None:
+                try:
+                    r = self.executor.run(partition_id, *args, request=requests[i])
+                except Exception as e:  # noqa: BLE001 - this request fails, the group goes on
+                    err = MemberError(str(e) if str(e).startswith(self.device)
+                                      else f"{self.device}: {type(e).__name__}: {e}")
+                else:
+                    for col, o in zip(outs, r.outputs):
+                        col[i] = o
+                    metas[i] = r.without_outputs()
+                    continue
+            for col in outs:
+                col[i] = err
+            metas[i] = err
+        return (*outs, metas) if n_out else metas
 
     def unload(self, partition_id: int) -> None:
         """Unload a partition."""

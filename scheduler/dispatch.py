@@ -1,25 +1,36 @@
 """The dispatcher: requests through the partition DAG as Ray object refs.
 
-At :meth:`Dispatcher.submit` the inputs go into the object store once (``ray.put``) and
-every partition's actor call is issued at once, in topological order, with the object refs
-of the values it consumes as arguments. Ray resolves the refs where the call runs, so
+A request's partition calls are issued at once, in topological order, with the object refs
+of the values they consume as arguments. Ray resolves the refs where the call runs, so
 tensors move actor to actor and the driver fetches only the model's outputs. An actor runs
-the calls it receives in submission order; since every request's calls are submitted in a
-topological order and requests one after another, no call ever waits on a later one, so
-the scheme cannot deadlock, and while request *n* runs on device B request *n+1* already
-runs on device A (pipelining).
+the calls it receives in submission order; since all issuing happens under one lock, one
+group's calls after another's and each in a topological order, no call ever waits on a
+later one, so the scheme cannot deadlock, and while request *n* runs on device B request
+*n+1* already runs on device A (pipelining).
+
+Request coalescing: Ray's per-call cost (about 0.3-1 ms here) would dominate small
+partitions, so requests travel in *groups*. A request submitted while nothing is in flight
+is issued at once, alone, from the caller's thread (no added latency). Under load,
+submitted requests queue, and an issuer thread sends whatever queued meanwhile, up to
+``max_group`` requests of one plan version, as one group: one actor call per partition
+(:meth:`executors.ray_actor.ExecutorHost.run_group`) carries the whole group, every
+argument and output being a *column* with one value per member. Members still run one by
+one inside the call (no tensors are stacked), so each gets exactly the result and the
+measurement it would get alone; a member whose run raises gets a
+:class:`~executors.base.MemberError` in its place and fails alone. Groups form only as
+fast as requests arrive, so an idle runtime adds no batching delay.
 
 Completion is event driven, with no thread per request: every output ref the driver
 waits for gets a Ray completion callback that puts an event on a queue; one completion
 thread drains it, completes futures, enforces request timeouts and handles cancellation.
-Each partition call also returns a small meta record (what it measured) as a separate
-object; once a request's outputs are ready all its calls have run, so the completion
-thread fetches these records later, in batches, when it is idle (:meth:`Dispatcher.flush`),
-and records the measurements off the request's path.
+Each partition call also returns a small column of meta records (what it measured, per
+member) as a separate object; once a request's outputs are ready all its calls have run,
+so the completion thread fetches these records later, in batches, when it is idle
+(:meth:`Dispatcher.flush`), and records the measurements off the request's path.
 A request moves through a small state machine (``running`` -> ``completed | failed |
-cancelled | timeout``) guarded by a lock and tagged with an attempt number, so a user's
-future is completed exactly once even when a failed request is retried: events of an
-older attempt are ignored.
+cancelled | timeout``) guarded by a lock, so a user's future is completed exactly once;
+a request belongs to one group at a time, and events of a group it has left (a retry put
+it in a new one) are ignored.
 
 Cancellation and timeouts complete the future at once and free the in-flight slot; the
 request's calls already sent to actors still run, and their results are dropped. The
@@ -32,16 +43,17 @@ behind it. Partition calls are short, so letting them finish costs little.
 Failures: an actor that dies (``RayActorError``) or an executor error (for instance a
 restarted actor that lost its partitions) makes the request *retryable*: a recovery thread
 calls the runtime's ``recover`` hook (which waits for the actor to come back and reloads
-its partitions) and then re-issues every call of the request with fresh refs. A request
-fails for good (``RequestFailed``) after ``max_retries`` retries or when its partition
+its partitions) and then re-issues the group's requests, in new groups, with fresh refs.
+A request fails for good (``RequestFailed``) after ``max_retries`` retries or when its partition
 raised an ordinary exception.
 
-Early exits: with ``exits`` (see :mod:`scheduler.gated`) a request runs in *phases*. A
+Early exits: with ``exits`` (see :mod:`scheduler.gated`) a group runs in *phases*. A
 phase issues the stages up to the next exit point (the partition holding a shallow path,
-its exit head and its gate) and watches only the gate's decision and the exit logits.
-When the gate passes, the future gets the exit logits and no other device is touched;
-otherwise the next phase is issued with the hidden state's object ref, so the deep path
-continues where the shallow path left off (the hidden state never visits the driver).
+its exit head and its gate) and watches only the gate's decisions and the exit logits.
+Members whose gate passes get the exit logits and touch no other device; the others go on
+together: the next phase is issued for them only (``select``) with the hidden state's
+object ref, so the deep path continues where the shallow path left off (the hidden state
+never visits the driver).
 The future of a completed request carries ``exit_depth`` (0: full model).
 
 The dispatcher knows nothing about models or policies: it gets :class:`Stage` records and
@@ -57,6 +69,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Mapping, Sequence
+
+from executors.base import MemberError
 
 from .errors import PlanSwitchError, RequestFailed, RequestTimeout, RuntimeClosedError, SubmitTimeout
 from .stats import Measurement, RequestRecord, StatsRecorder, dag_makespan, request_energy
@@ -77,7 +91,7 @@ class Stage:
     outputs: tuple[str, ...]  # value names it returns, in return order
 
 
-@dataclass
+@dataclass(eq=False)
 class _Request:
     rid: int
     inputs: tuple  # the model inputs (kept for retries)
@@ -86,15 +100,31 @@ class _Request:
     deadline: float | None  # time.monotonic() deadline
     attempt: int = 0
     state: str = "running"
-    refs: list = field(default_factory=list)  # refs of the current attempt (for cancel)
-    pending: int = 0  # events still awaited in the current attempt
-    outputs: dict = field(default_factory=dict)  # index -> fetched output value
-    meta_refs: list = field(default_factory=list)  # (pid, ObjectRef of its meta record)
-    values: dict = field(default_factory=dict)  # value name -> ObjectRef or input, current attempt
-    cursor: int = 0  # index of the next stage to issue (phases with exits)
-    gate: dict = field(default_factory=dict)  # 0 -> gate decision, 1 -> exit logits (fetched)
+    group: "_Group | None" = None  # the group carrying the current attempt (None: not issued)
+    meta_refs: list = field(default_factory=list)  # (pid, ObjectRef of the group's meta records, slot)
     exit_depth: int = 0  # depth the request left at; 0 = the full model
     version: int = 0  # plan version of the current attempt (every call of it runs on it)
+
+
+@dataclass(eq=False)
+class _Group:
+    """Requests that travel together: one actor call per partition carries all of them."""
+
+    members: tuple  # _Request records; a member's index here is its slot in every column
+    version: int  # plan version (every member's)
+    values: dict = field(default_factory=dict)  # value name -> ObjectRef or inline column
+    select: tuple | None = None  # slots still going on (None: all)
+    cursor: int = 0  # index of the next stage to issue (phases with exits)
+    pending: int = 0  # refs still awaited in the current phase
+    got: dict = field(default_factory=dict)  # key -> fetched column (outputs, or gate + logits)
+    gate: Any = None  # the ExitPoint the current phase ends at (None: the model's outputs)
+    dead: bool = False  # finished, or abandoned for a retry: its events are ignored
+
+    def live(self) -> list[tuple[int, "_Request"]]:
+        """(slot, request) of the members this group still carries (caller holds the lock)."""
+        slots = range(len(self.members)) if self.select is None else self.select
+        return [(s, self.members[s]) for s in slots
+                if self.members[s].group is self and self.members[s].state == "running"]
 
 
 @dataclass
@@ -118,7 +148,7 @@ def _uses(stages) -> dict:
 
 
 # event kinds on the completion queue
-_EV_REF, _EV_CANCEL, _EV_RETRY_FAILED, _EV_STOP, _EV_WAKE = range(5)
+_EV_REF, _EV_CANCEL, _EV_RETRY_FAILED, _EV_STOP, _EV_WAKE, _EV_READY = range(6)
 
 
 def _is_infrastructure(err: BaseException) -> bool:
@@ -150,7 +180,7 @@ class Dispatcher:
 
     Args:
         stages: partition calls in a topological order.
-        actors: device name -> Ray actor handle offering ``run_split`` (see
+        actors: device name -> Ray actor handle offering ``run_group`` (see
             :mod:`executors.ray_actor`); read at each submit, so the runtime may replace one.
         input_names: value names of the model inputs, in positional order.
         output_names: value names the driver fetches to build a result.
@@ -170,6 +200,10 @@ class Dispatcher:
         on_measurement: callbacks called with every :class:`~scheduler.stats.Measurement`.
         exits: :class:`scheduler.gated.ExitPoint` records, in stage order (early exits).
         flops: partition id -> FLOPs, to record the compute each request used.
+        max_group: requests that may share one actor call per partition (request
+            coalescing; 1: every request has its own calls). A request submitted while the
+            dispatcher is idle is issued at once; under load the issuer thread sends
+            whatever has queued meanwhile, up to ``max_group`` requests, as one group.
 
     Example (needs Ray; the runtime builds one for you)::
 
@@ -188,7 +222,7 @@ class Dispatcher:
                  recover: Callable[[], None] | None = None,
                  on_measurement: Sequence[Callable[[Measurement], None]] = (),
                  exits: Sequence[Any] = (), flops: Mapping[int, float] | None = None,
-                 ledger: Any = None):
+                 ledger: Any = None, max_group: int = 16):
         import ray
 
         self._ray = ray
@@ -209,6 +243,9 @@ class Dispatcher:
         self.on_measurement: list[Callable[[Measurement], None]] = list(on_measurement)
         self.exits = tuple(exits)
         self.flops = dict(flops or {})
+        if not isinstance(max_group, int) or isinstance(max_group, bool) or max_group < 1:
+            raise ValueError(f"max_group must be an int >= 1, got {max_group!r}")
+        self.max_group = max_group
         self._exit_at = {e.stage: e for e in self.exits}
         self._stage_of = {s.pid: s for s in self.stages}
         self._uses: dict[str, int] = {}
@@ -229,6 +266,8 @@ class Dispatcher:
         self._flush_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._lock = threading.Lock()
+        self._issuable = threading.Condition(self._lock)  # requests are waiting in _pending
+        self._pending: list[_Request] = []  # admitted, not issued yet (coalescing under load)
         self._requests: dict[int, _Request] = {}
         self._ids = itertools.count()
         self._events: queue.SimpleQueue = queue.SimpleQueue()
@@ -240,8 +279,10 @@ class Dispatcher:
         self._completer = threading.Thread(target=self._complete_loop, name="hetsched-complete",
                                            daemon=True)
         self._retrier = threading.Thread(target=self._retry_loop, name="hetsched-retry", daemon=True)
+        self._issuer = threading.Thread(target=self._issue_loop, name="hetsched-issue", daemon=True)
         self._completer.start()
         self._retrier.start()
+        self._issuer.start()
 
     # ------------------------------------------------------------------- submit
     def submit(self, inputs: tuple, request_timeout: float | None = None) -> cf.Future:
@@ -274,7 +315,11 @@ class Dispatcher:
                 self._requests[rid] = req
                 if deadline is not None:
                     heapq.heappush(self._deadlines, (deadline, rid))
-                self._issue(req)
+                if len(self._requests) == 1 or self.max_group == 1:
+                    self._issue([req])  # idle (or no coalescing): no thread hop, no wait
+                else:
+                    self._pending.append(req)
+                    self._issuable.notify()
             self.recorder.add_submit(now)
         except BaseException:
             self._slots.release()
@@ -284,66 +329,99 @@ class Dispatcher:
             self._events.put((_EV_WAKE,))  # wake the loop to see the deadline
         return fut
 
-    def _issue(self, req: _Request) -> None:
-        """Submit the calls of ``req``'s current attempt (caller holds the lock)."""
-        # an input read by one call travels inline with it; one read by several is put once
-        uses = self._routes[req.version].uses
-        req.values = {n: (self._ray.put(x) if uses.get(n, 0) > 1 else x)
-                      for n, x in zip(self.input_names, req.inputs)}
-        req.refs, req.meta_refs, req.cursor, req.exit_depth = [], [], 0, 0
-        self._issue_phase(req)
+    def _issue_loop(self) -> None:
+        """The issuer thread: send what queued while the dispatcher was busy, in groups."""
+        while True:
+            with self._issuable:
+                while not self._pending and not self._closed:
+                    self._issuable.wait()
+                if not self._pending:
+                    return
+                batch, self._pending = self._pending, []
+                try:
+                    self._issue([r for r in batch if r.state == "running" and r.group is None])
+                except BaseException as err:  # noqa: BLE001 - fail these, keep serving others
+                    failed, error = [r.rid for r in batch if r.state == "running"], err
+                else:
+                    failed, error = [], None
+            for rid in failed:
+                self._finish(rid, "failed", RequestFailed(
+                    f"request {rid}: issuing its partition calls failed: {error}", error))
 
-    def _issue_phase(self, req: _Request) -> None:
-        """Submit the stages from ``req.cursor`` up to the next exit point (or the end) and
-        watch what decides the request: the gate's outputs, or the model's outputs."""
-        values = req.values
+    def _issue(self, reqs: Sequence[_Request]) -> None:
+        """Issue ``reqs`` (admitted, not issued) in groups of up to ``max_group`` requests
+        of one plan version each (caller holds the lock)."""
+        by_version: dict[int, list[_Request]] = {}
+        for r in reqs:
+            by_version.setdefault(r.version, []).append(r)
+        for version, rs in by_version.items():
+            for i in range(0, len(rs), self.max_group):
+                members = tuple(rs[i:i + self.max_group])
+                self._issue_group(_Group(members, version))
+                self.recorder.add_group(len(members))
+
+    def _issue_group(self, g: _Group) -> None:
+        """Put a group's inputs in place and issue its first phase (caller holds the lock)."""
+        for r in g.members:
+            r.group, r.meta_refs, r.exit_depth = g, [], 0
+        # a column read by one call travels inline with it; one read by several is put once
+        uses = self._routes[g.version].uses
+        for i, n in enumerate(self.input_names):
+            col = [r.inputs[i] for r in g.members]
+            g.values[n] = self._ray.put(col) if uses.get(n, 0) > 1 else col
+        self._issue_phase(g)
+
+    def _issue_phase(self, g: _Group) -> None:
+        """Submit the group's stages from ``g.cursor`` up to the next exit point (or the end)
+        and watch what decides its members: the gate's outputs, or the model's outputs
+        (caller holds the lock)."""
+        values = g.values
         exit_point = None
-        stages = self._routes[req.version].stages
-        for i in range(req.cursor, len(stages)):
+        stages = self._routes[g.version].stages
+        rids = tuple(r.rid for r in g.members)
+        slots = [s for s, _ in g.live()]
+        for i in range(g.cursor, len(stages)):
             st = stages[i]
             args = [values[n] for n in st.inputs]
-            out = self._method(st).remote(st.pid, *args, request=req.rid)
-            *outs, meta = out
-            values.update(zip(st.outputs, outs))
-            req.refs.extend(out)
-            req.meta_refs.append((st.pid, meta))
-            req.cursor = i + 1
+            out = self._method(st).remote(st.pid, rids, g.select, *args)
+            if st.outputs:
+                *outs, meta = out
+                values.update(zip(st.outputs, outs))
+            else:
+                meta = out
+            for s in slots:
+                g.members[s].meta_refs.append((st.pid, meta, s))
+            g.cursor = i + 1
             exit_point = self._exit_at.get(i)
             if exit_point is not None:
                 break
-        req.outputs = {}
-        attempt = req.attempt
-        if exit_point is not None:
-            req.gate = {}
-            req.pending = 2
-            for key, name in enumerate((exit_point.go, exit_point.logits)):
-                values[name].future().add_done_callback(
-                    lambda f, rid=req.rid, a=attempt, key=key:
-                    self._events.put((_EV_REF, rid, a, "gate", key, f)))
-            return
+        g.gate, g.got = exit_point, {}
+        names = (exit_point.go, exit_point.logits) if exit_point is not None else self.output_names
         watch = []
-        for i, name in enumerate(self.output_names):
+        for key, name in enumerate(names):
             v = values[name]
             if isinstance(v, self._ray.ObjectRef):
-                watch.append((i, v))
-            else:  # an output that is a model input
-                req.outputs[i] = v
-        req.pending = len(watch)
-        # only the outputs are watched: once they are ready every partition has run, and
-        # the meta records are fetched later in batches (flush), off the request's path
+                watch.append((key, v))
+            else:  # an output that is a model input (an inline column)
+                g.got[key] = v
+        g.pending = len(watch)
+        phase = g.cursor
+        if not watch:
+            self._events.put((_EV_READY, g, phase))
+        # only these are watched: once they are ready every partition of the phase has run,
+        # and the meta records are fetched later in batches (flush), off the request's path
         for key, ref in watch:
             ref.future().add_done_callback(
-                lambda f, rid=req.rid, a=attempt, key=key:
-                self._events.put((_EV_REF, rid, a, "out", key, f)))
+                lambda f, g=g, phase=phase, key=key: self._events.put((_EV_REF, g, phase, key, f)))
 
     def _method(self, st: Stage):
-        """``run_split`` of the stage's actor with its number of returns (cached per actor
+        """``run_group`` of the stage's actor with its number of returns (cached per actor
         handle: a restarted actor keeps its handle)."""
         actor = self.actors[st.device]
         key = (id(actor), len(st.outputs))
         m = self._methods.get(key)
         if m is None or m[0] is not actor:
-            m = self._methods[key] = (actor, actor.run_split.options(num_returns=len(st.outputs) + 1))
+            m = self._methods[key] = (actor, actor.run_group.options(num_returns=len(st.outputs) + 1))
         return m[1]
 
     # --------------------------------------------------------------- completion
@@ -382,93 +460,121 @@ class Dispatcher:
         if kind == _EV_RETRY_FAILED:
             self._finish(ev[1], "failed", ev[2])
             return
-        _, rid, attempt, what, key, f = ev
+        if kind == _EV_READY:
+            self._phase_done(ev[1], ev[2])
+            return
+        _, g, phase, key, f = ev
         with self._lock:
-            req = self._requests.get(rid)
-            if req is None or req.state != "running" or req.attempt != attempt:
-                return  # stale event (finished request or an older attempt)
+            if g.dead or g.cursor != phase:
+                return  # stale event (a finished group, or one abandoned for a retry)
         try:
             value = f.result()
         except BaseException as err:  # noqa: BLE001 - every failure decides retry or fail
-            self._failed(req, attempt, what, key, err)
-            return
-        if what == "gate":
-            self._gate_event(req, attempt, key, value)
+            self._group_failed(g, phase, key, err)
             return
         with self._lock:
-            if req.state != "running" or req.attempt != attempt:
+            if g.dead or g.cursor != phase:
                 return
-            req.outputs[key] = value
-            req.pending -= 1
-            done = req.pending == 0
-        if done:
-            try:
-                result = self.assemble(tuple(req.outputs[i] for i in range(len(self.output_names))))
-            except BaseException as err:  # noqa: BLE001
-                self._finish(rid, "failed", RequestFailed(
-                    f"request {rid}: rebuilding the output failed: {err}", err))
+            g.got[key] = value
+            g.pending -= 1
+            if g.pending:
                 return
-            self._finish(rid, "completed", result)
+        self._phase_done(g, phase)
 
-    def _gate_event(self, req: _Request, attempt: int, key: int, value: Any) -> None:
-        """The gate's decision (key 0) or the exit logits (key 1) arrived: once both are
-        here, finish the request with the exit logits or issue its next phase."""
+    def _phase_done(self, g: _Group, phase: int) -> None:
+        """Every watched column of the group's phase is here: finish each member it carries
+        (its exit logits when its gate passed, its output at the end of the model, or its
+        failure) and issue the next phase for the members whose gate did not pass."""
+        done: list[tuple[int, str, Any]] = []
         with self._lock:
-            if req.state != "running" or req.attempt != attempt:
+            if g.dead or g.cursor != phase:
                 return
-            req.gate[key] = value
-            req.pending -= 1
-            if req.pending:
-                return
-            point = self._exit_at[req.cursor - 1]
-            if not bool(req.gate[0]):
-                self._issue_phase(req)  # hard: continue from the hidden state's ref
-                return
-            req.exit_depth = point.depth
-            logits = req.gate[1]
-        self._finish(req.rid, "completed", logits)
+            point, got = g.gate, g.got
+            hard = []
+            for s, req in g.live():
+                cols = range(2 if point is not None else len(self.output_names))
+                vals = tuple(got[k][s] for k in cols)
+                bad = next((v for v in vals if isinstance(v, MemberError)), None)
+                if bad is not None:
+                    where = (f"the gate of the exit at stage {g.cursor - 1}" if point is not None
+                             else "the model's outputs")
+                    done.append((req.rid, "failed", RequestFailed(
+                        f"request {req.rid} failed after {req.attempt + 1} attempt(s) (waiting "
+                        f"for {where}): {bad.summary}", bad.exception())))
+                elif point is None:
+                    done.append((req.rid, "completed", vals))
+                elif bool(vals[0]):
+                    req.exit_depth = point.depth
+                    done.append((req.rid, "exit", vals[1]))
+                else:
+                    hard.append(s)
+            if hard:
+                g.select = tuple(hard)
+                self._issue_phase(g)  # hard: continue from the hidden state's refs
+            else:
+                g.dead, g.values, g.got = True, {}, {}
+        for rid, status, value in done:
+            if status == "completed":
+                try:
+                    value = self.assemble(value)
+                except BaseException as err:  # noqa: BLE001
+                    status, value = "failed", RequestFailed(
+                        f"request {rid}: rebuilding the output failed: {err}", err)
+            self._finish(rid, "completed" if status == "exit" else status, value)
 
-    def _failed(self, req: _Request, attempt: int, what: str, key: int, err: BaseException) -> None:
-        where = (f"output {self.output_names[key]!r}" if what == "out"
-                 else f"the gate of the exit at stage {req.cursor - 1}")
-        if _is_infrastructure(err) and attempt < self.max_retries and not self._closed:
-            with self._lock:
-                if req.state != "running" or req.attempt != attempt:
-                    return
-                req.attempt += 1  # events of the failed attempt are ignored from now on
-                retry = req.attempt
+    def _group_failed(self, g: _Group, phase: int, key: int, err: BaseException) -> None:
+        """A watched call of the group failed as a whole: retry its members after an
+        infrastructure failure (a dead actor, a lost object), else fail them."""
+        retry_ok = _is_infrastructure(err) and not self._closed
+        retry, fail = [], []
+        with self._lock:
+            if g.dead or g.cursor != phase:
+                return
+            where = (f"the gate of the exit at stage {g.cursor - 1}" if g.gate is not None
+                     else f"output {self.output_names[key]!r}")
+            for _, req in g.live():
+                if retry_ok and req.attempt < self.max_retries:
+                    req.attempt += 1  # the group's late events are ignored from now on
+                    req.group = None
+                    retry.append(req)
+                else:
+                    fail.append(req)
+            g.dead, g.values, g.got = True, {}, {}
+            if retry:
                 self._healthy.clear()
+        for _ in retry:
             self.recorder.add_retry()
-            self._retry_queue.put((req.rid, err, retry))
-            return
-        tries = attempt + 1
+        if retry:
+            self._retry_queue.put((retry, err))
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
         summary = lines[-1] if lines else type(err).__name__  # Ray puts the cause's text last
-        self._finish(req.rid, "failed", RequestFailed(
-            f"request {req.rid} failed after {tries} attempt(s) (waiting for {where}): {summary}",
-            err))
+        for req in fail:
+            self._finish(req.rid, "failed", RequestFailed(
+                f"request {req.rid} failed after {req.attempt + 1} attempt(s) (waiting for "
+                f"{where}): {summary}", err))
 
     def _retry_loop(self) -> None:
         while True:
             item = self._retry_queue.get()
             if item is None:
                 return
-            rid, err, retry = item
+            reqs, err = item
             try:
                 if self.recover is not None:
                     self.recover()
                 self._healthy.set()
                 with self._lock:
-                    req = self._requests.get(rid)
-                    if req is None or req.state != "running" or req.attempt != retry:
-                        continue  # finished, or already restarted by reroute()
-                    self._repin(req)
-                    self._issue(req)
+                    # skip the finished, and those already restarted by reroute()
+                    again = [r for r in reqs if r.state == "running" and r.group is None]
+                    for r in again:
+                        self._repin(r)
+                    self._issue(again)
             except BaseException as e:  # noqa: BLE001
                 self._healthy.set()
-                self._events.put((_EV_RETRY_FAILED, rid, RequestFailed(
-                    f"request {rid}: recovery after {type(err).__name__} failed: "
-                    f"{type(e).__name__}: {e}", e)))
+                for r in reqs:
+                    self._events.put((_EV_RETRY_FAILED, r.rid, RequestFailed(
+                        f"request {r.rid}: recovery after {type(err).__name__} failed: "
+                        f"{type(e).__name__}: {e}", e)))
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -491,8 +597,7 @@ class Dispatcher:
                 return
             req.state = status
             del self._requests[rid]
-            req.refs = []  # dropping the refs lets Ray free the objects once the calls end
-            req.values, req.gate = {}, {}
+            req.group = None  # its group drops its refs (Ray frees the objects) once it is done
             metas, req.meta_refs = req.meta_refs, []
         self._slots.release()
         finished = time.time()
@@ -531,22 +636,25 @@ class Dispatcher:
             backlog, self._backlog = self._backlog, []
             if not backlog:
                 return
-            flat = [ref for _, _, metas in backlog for _, ref in metas]
+            # a group call's meta record is one object (a column over its members): fetch
+            # each once
+            unique = list({ref: None for _, _, metas in backlog for _, ref, _ in metas})
             try:
-                values = iter(self._ray.get(flat, timeout=60))
-                fetched = [[next(values) for _ in metas] for _, _, metas in backlog]
+                columns = dict(zip(unique, self._ray.get(unique, timeout=60)))
             except Exception:  # noqa: BLE001 - a lost meta record only costs a measurement
-                fetched = []
-                for _, _, metas in backlog:
-                    row = []
-                    for _, ref in metas:
-                        try:
-                            row.append(self._ray.get(ref, timeout=10))
-                        except Exception:  # noqa: BLE001
-                            row.append(None)
-                    fetched.append(row)
-            for (req, finished, metas), row in zip(backlog, fetched):
-                got = {pid: m for (pid, _), m in zip(metas, row) if m is not None}
+                columns = {}
+                for ref in unique:
+                    try:
+                        columns[ref] = self._ray.get(ref, timeout=10)
+                    except Exception:  # noqa: BLE001
+                        pass
+            for req, finished, metas in backlog:
+                got = {}
+                for pid, ref, slot in metas:
+                    col = columns.get(ref)
+                    m = col[slot] if col is not None and slot < len(col) else None
+                    if m is not None and not isinstance(m, MemberError):
+                        got[pid] = m
                 for pid, v in got.items():
                     m = Measurement(request=req.rid, attempt=req.attempt, partition=pid,
                                     device=v.device, start=v.start, duration=v.duration,
@@ -559,7 +667,7 @@ class Dispatcher:
                             pass
                 sim, energy = (self._request_sim(got, self._routes.get(req.version))
                                if len(got) == len(metas) else (None, None))
-                flops = (sum(self.flops.get(pid, 0.0) for pid, _ in metas) if self.flops else None)
+                flops = (sum(self.flops.get(pid, 0.0) for pid, _, _ in metas) if self.flops else None)
                 self.recorder.add_request(RequestRecord(
                     request=req.rid, submitted=req.submitted, finished=finished,
                     status="completed", attempts=req.attempt + 1, sim_makespan=sim, energy=energy,
@@ -637,15 +745,23 @@ class Dispatcher:
         bad = set(devices)
         moved = 0
         with self._lock:
+            pending = {id(r) for r in self._pending}
+            again = []
             for req in list(self._requests.values()):
                 route = self._routes.get(req.version)
                 if req.state != "running" or route is None or \
                         not any(s.device in bad for s in route.stages):
                     continue
-                req.attempt += 1
+                if req.group is not None:  # issued: abandon its group (all of it is affected)
+                    g = req.group
+                    g.dead, g.values, g.got = True, {}, {}
+                    req.group = None
+                if id(req) not in pending:  # issued, or waiting for a retry: a new attempt
+                    req.attempt += 1
+                    moved += 1
                 self._repin(req)
-                self._issue(req)
-                moved += 1
+                again.append(req)
+            self._issue(again)  # the issuer and the retrier skip these from now on
         for _ in range(moved):
             self.recorder.add_retry()
         return moved
@@ -676,11 +792,14 @@ class Dispatcher:
             for rid in rids:
                 self._finish(rid, "failed", RuntimeClosedError(
                     f"request {rid} was still in flight when the runtime shut down"))
+        with self._issuable:
+            self._issuable.notify()
         self._events.put((_EV_STOP,))
         self._retry_queue.put(None)
         self._healthy.set()
         self._completer.join(timeout=5)
         self._retrier.join(timeout=5)
+        self._issuer.join(timeout=5)
 
 
 __all__ = ["Dispatcher", "Stage"]

@@ -330,6 +330,10 @@ class Runtime:
         granularity: capture granularity, ``"op" | "module" | "layer"``.
         cost_model: a :class:`policies.cost.CostModel`; default ``RooflineCostModel``.
         max_in_flight: requests in flight at once (backpressure beyond).
+        max_group: request coalescing: under load, up to this many queued requests share
+            one actor call per partition (each still runs on its own, with its own result
+            and measurements), so Ray's per-call cost is paid once per group; a request
+            that arrives while the runtime is idle goes at once. 1 turns coalescing off.
         submit_timeout: seconds :meth:`submit` may block on backpressure (None: forever)
             before raising :class:`~scheduler.errors.SubmitTimeout`.
         request_timeout: seconds a request may take (None: no limit) before its future
@@ -374,7 +378,7 @@ class Runtime:
                  max_restarts: int = 4, recovery_timeout: float = 30.0, history: int = 100_000,
                  timing_only: bool = False,
                  executor_options: Mapping[str, Any] | None = None,
-                 exit_depth: int | None = None, adaptive: Any = False):
+                 exit_depth: int | None = None, adaptive: Any = False, max_group: int = 16):
         self._closed = True  # until fully deployed: shutdown() then cleans up what exists
         self._actors: dict[str, Any] = {}
         self._owns_ray = False
@@ -389,7 +393,7 @@ class Runtime:
                     "adaptive=... with gate=...: re-planning a gated (early-exit) model is not "
                     "implemented; use one or the other")
         self._check_options(model, max_in_flight, submit_timeout, request_timeout, pace,
-                            max_retries, max_restarts, history, trace)
+                            max_retries, max_restarts, history, trace, max_group)
         if not (isinstance(recovery_timeout, (int, float)) and not isinstance(recovery_timeout, bool)
                 and math.isfinite(recovery_timeout) and recovery_timeout > 0):
             raise RuntimeConfigError(
@@ -491,7 +495,7 @@ class Runtime:
                 request_timeout=request_timeout, max_retries=max_retries, recover=self._recover,
                 exits=pm.exits if gated else (),
                 flops={p.id: float(p.flops) for p in pm.parts} if gated else None,
-                ledger=self._adaptive.ledger if self._adaptive else None)
+                ledger=self._adaptive.ledger if self._adaptive else None, max_group=max_group)
             if self._adaptive:
                 self._adaptive.attach(self._dispatcher)
         except BaseException:
@@ -502,7 +506,7 @@ class Runtime:
     # ------------------------------------------------------------------ setup
     @staticmethod
     def _check_options(model, max_in_flight, submit_timeout, request_timeout, pace,
-                       max_retries, max_restarts, history, trace) -> None:
+                       max_retries, max_restarts, history, trace, max_group=1) -> None:
         if not isinstance(model, torch.nn.Module):
             raise RuntimeConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
 
@@ -520,6 +524,7 @@ class Runtime:
                     f"got {v!r}")
 
         positive_int("max_in_flight", max_in_flight)
+        positive_int("max_group", max_group)
         positive_int("history", history)
         seconds("submit_timeout", submit_timeout, allow_zero=True)
         seconds("request_timeout", request_timeout)

@@ -90,6 +90,7 @@ class RuntimeStats:
     sim_makespan_p50: float | None  # seconds, median simulated makespan of a request
     energy_per_request: float | None  # joules, mean over completed requests (sim devices)
     measurements: int  # partition calls measured (all time)
+    group_size: float | None = None  # requests per issued group (coalescing; 1.0: none), all time
     exit_rate: float | None = None  # fraction of completed requests that left at an early exit (gated)
     exits: Mapping[str, int] = field(default_factory=dict)  # path ("exit@d" | "full") -> completed requests
     compute_saved: float | None = None  # 1 - FLOPs run / FLOPs of the plain model, over completed requests
@@ -185,6 +186,7 @@ class StatsRecorder:
         self._submitted = 0
         self._retried = 0
         self._n_meas = 0
+        self._groups = self._grouped = 0
         self._first_submit: float | None = None
 
     # ----------------------------------------------------------------- recording
@@ -199,6 +201,12 @@ class StatsRecorder:
         """Count one retry."""
         with self._lock:
             self._retried += 1
+
+    def add_group(self, size: int) -> None:
+        """Count one issued group of ``size`` requests (request coalescing)."""
+        with self._lock:
+            self._groups += 1
+            self._grouped += size
 
     def add_measurement(self, m: Measurement) -> None:
         """Record one partition call's measurement."""
@@ -223,6 +231,7 @@ class StatsRecorder:
             self._requests.clear()
             self._counts = dict.fromkeys(STATUSES, 0)
             self._submitted = self._retried = self._n_meas = 0
+            self._groups = self._grouped = 0
             self._first_submit = None
 
     # ------------------------------------------------------------------- reading
@@ -244,6 +253,7 @@ class StatsRecorder:
             counts = dict(self._counts)
             submitted = max(self._submitted, sum(counts.values()))
             retried, n_meas = self._retried, self._n_meas
+            group_size = self._grouped / self._groups if self._groups else None
         done = [r for r in reqs if r.status == "completed"]
         lat = [r.latency for r in done]
         ends = [r.finished for r in reqs]
@@ -286,6 +296,7 @@ class StatsRecorder:
             sim_makespan_p50=percentile(sims, 50),
             energy_per_request=(sum(energies) / len(energies)) if energies and len(energies) == len(done) else None,
             measurements=n_meas,
+            group_size=group_size,
             **self._paths(done),
         )
 

@@ -80,39 +80,70 @@ def test_actor_round_trip_and_split_refs(ray_session, pm, actors):
     gm, model = pm
     ray.get([actors[p.device].load.remote(p, 0.01) for p in model.parts])
     assert ray.get(actors["cpu"].ping.remote())["device"] == "cpu"
-    x = torch.randn(3, 4)
-    # every output is its own object ref; refs go actor to actor, never through ray.get here
-    refs = {"x": ray.put(x)}
+    xs = [torch.randn(3, 4), torch.randn(3, 4)]
+    # a group of two requests; every output column is its own object ref; refs go actor to
+    # actor, never through ray.get here
+    refs = {"x": ray.put(xs)}
     metas = []
     for p in model.parts:
         n = len(p.outputs)
-        out = actors[p.device].run_split.options(num_returns=n + 1).remote(
-            p.id, *(refs[i] for i in p.inputs), request=("req", 7))
+        out = actors[p.device].run_group.options(num_returns=n + 1).remote(
+            p.id, (("req", 7), ("req", 8)), None, *(refs[i] for i in p.inputs))
         assert len(out) == n + 1
         refs.update(zip(p.outputs, out[:n]))
         metas.append(out[n])
     assert len(model.parts[0].outputs) == 2  # h and g travel as two separate objects
     metas = ray.get(metas)
-    for p, m in zip(model.parts, metas):
-        assert m.outputs == () and m.partition == p.id and m.device == p.device
-        assert m.request == ("req", 7)
-        assert m.simulated == p.device.startswith("sim:")
-        if m.simulated:
-            assert m.duration == 0.01
-    values = {name: ray.get(refs[name]) for name in model.output_spec.names}
-    with torch.no_grad():
-        torch.testing.assert_close(model.output_spec.build(values), gm(x))
+    for p, col in zip(model.parts, metas):
+        assert [m.request for m in col] == [("req", 7), ("req", 8)]
+        for m in col:
+            assert m.outputs == () and m.partition == p.id and m.device == p.device
+            assert m.simulated == p.device.startswith("sim:")
+            if m.simulated:
+                assert m.duration == 0.01
+    columns = {name: ray.get(refs[name]) for name in model.output_spec.names}
+    for j, x in enumerate(xs):  # each request's result equals its own local run
+        with torch.no_grad():
+            torch.testing.assert_close(
+                model.output_spec.build({k: v[j] for k, v in columns.items()}), gm(x))
+    x = xs[0]
     # run() ships the whole result, outputs included, equal to the local run
     r = ray.get(actors[model.parts[0].device].run.remote(0, x))
     local = model.parts[0].module(x)
     for a, b in zip(r.outputs, local):
         torch.testing.assert_close(a, b)
     h = ray.get(actors["cpu"].health.remote())
-    assert h["loaded"] == (2,) and h["runs"] == 1 and h["device"] == "cpu"
+    assert h["loaded"] == (2,) and h["runs"] == 2 and h["device"] == "cpu"
     with pytest.raises(ExecutorError, match=r"partition 0 is not loaded; loaded partitions: 2"):
         ray.get(actors["cpu"].run.remote(0, x))
     ray.get(actors["cpu"].unload.remote(2))
     assert ray.get(actors["cpu"].loaded.remote()) == ()
+
+
+def test_run_group_isolates_a_failing_request_and_honours_select():
+    from executors.ray_actor import ExecutorHost, MemberError
+    from graphs.partition import Partition
+
+    h = ExecutorHost("cpu")
+    gm = torch.fx.symbolic_trace(lambda x: (x.view(2, 2) * 2,))
+    h.load(Partition(0, "cpu", gm, ("x",), ("mul",)))
+    gm2 = torch.fx.symbolic_trace(lambda y: (y + 1,))
+    h.load(Partition(1, "cpu", gm2, ("y",), ("add",)))
+    xs = [torch.ones(4), torch.ones(3), torch.zeros(4)]  # the second cannot be viewed as 2x2
+    out, meta = h.run_group(0, ("a", "b", "c"), None, xs)
+    torch.testing.assert_close(out[0], torch.full((2, 2), 2.0))
+    torch.testing.assert_close(out[2], torch.zeros(2, 2))
+    assert isinstance(out[1], MemberError) and meta[1] is out[1]
+    assert out[1].summary.startswith("cpu: partition 0 failed: RuntimeError: shape '[2, 2]' is invalid")
+    assert [m.request for m in (meta[0], meta[2])] == ["a", "c"]
+    # a later partition passes the error on, and runs only the selected positions
+    out2, meta2 = h.run_group(1, ("a", "b", "c"), (1, 2), out)
+    assert out2[0] is None and meta2[0] is None  # not selected
+    assert isinstance(out2[1], MemberError) and out2[1].message == out[1].message
+    torch.testing.assert_close(out2[2], torch.ones(2, 2))
+    assert h.executor.health()["runs"] == 3  # a, c, then c again: the failed one did not run
+    with pytest.raises(ExecutorError, match="partition 5 is not loaded"):
+        h.run_group(5, ("a",), None, [torch.ones(1)])
 
 
 def test_ping_answers_while_a_paced_run_is_busy(ray_session, pm, actors):

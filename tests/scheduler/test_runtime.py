@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from graphs.errors import UnknownNameError
-from scheduler.errors import InputSignatureError, RequestTimeout, RuntimeClosedError, SubmitTimeout
+from scheduler.errors import (InputSignatureError, RequestFailed, RequestTimeout, RuntimeClosedError,
+                              SubmitTimeout)
 from scheduler.runtime import InputSignature, Runtime, build_cluster
 from scheduler.stats import (Measurement, RequestRecord, StatsRecorder, dag_makespan, percentile,
                              request_energy)
@@ -265,6 +266,72 @@ class TestLifecycle:
         paced.map([x] * 2, timeout=60)  # max_in_flight=2
         s = paced.stats()
         assert s.utilisation_simulated and all(0 < u <= 1.05 for u in s.utilisation_simulated.values())
+
+
+@pytest.fixture(scope="module")
+def coalescing(ray_session, tiny):
+    """Paced (x20) so that a burst queues and coalesces into groups of up to 8."""
+    model, x = tiny
+    with Runtime(model, x, devices=TRIO, pace=20.0, max_in_flight=64, max_group=8) as r:
+        yield r
+
+
+@pytest.mark.ray
+class TestCoalescing:
+    def test_a_burst_coalesces_and_each_request_gets_its_own_result(self, coalescing, tiny):
+        from scheduler.simulate import simulate
+
+        model, x = tiny
+        coalescing.reset_stats()
+        gen = torch.Generator().manual_seed(3)
+        xs = [(torch.randint(0, 256, x[0].shape, generator=gen),) for _ in range(24)]
+        bad = 13
+        xs[bad] = (torch.full_like(x[0], 10_000),)  # right signature, token id past the vocabulary
+        futs = [coalescing.submit(*xi) for xi in xs]
+        for i, (xi, f) in enumerate(zip(xs, futs)):
+            if i == bad:
+                with pytest.raises(RequestFailed, match=r"after 1 attempt\(s\).*(index|Index)"):
+                    f.result(timeout=60)
+            else:
+                torch.testing.assert_close(f.result(timeout=60), _ref(model, *xi))
+        s = coalescing.stats()
+        assert s.completed == 23 and s.failed == 1 and s.retried == 0
+        assert 1 < s.group_size <= 8  # requests did share calls, never more than max_group
+        # every completed request has its own measurement of every partition, and its own
+        # simulated makespan equal to simulate's
+        sim = simulate(coalescing.graph, coalescing.plan, coalescing.cost_model).makespan
+        ms = coalescing.measurements()
+        for rec in coalescing.requests():
+            if rec.status == "completed":
+                assert sorted(m.partition for m in ms if m.request == rec.request) == \
+                    list(range(len(coalescing.partitioned)))
+                assert rec.sim_makespan == pytest.approx(sim, rel=0.05)
+
+    def test_cancel_and_timeout_inside_a_group_leave_the_rest_alone(self, coalescing, tiny):
+        model, x = tiny
+        coalescing._dispatcher.drain(30)
+        before = coalescing.stats()
+        futs = [coalescing.submit(*x) for _ in range(10)]
+        late = coalescing.submit(*x, request_timeout=0.01)
+        assert futs[6].cancel()
+        with pytest.raises(RequestTimeout):
+            late.result(timeout=30)
+        for i, f in enumerate(futs):
+            if i != 6:
+                torch.testing.assert_close(f.result(timeout=60), _ref(model, *x))
+        assert coalescing._dispatcher.drain(30)
+        after = coalescing.stats()
+        assert after.completed == before.completed + 9 and after.cancelled == before.cancelled + 1
+        assert after.timed_out == before.timed_out + 1 and after.in_flight == 0
+        assert coalescing._dispatcher._pending == []
+
+    def test_max_group_one_sends_every_request_alone(self, ray_session, tiny):
+        model, x = tiny
+        with Runtime(model, x, devices=TRIO[:2], pace=20.0, max_group=1) as r:
+            futs = [r.submit(*x) for _ in range(6)]
+            for f in futs:
+                torch.testing.assert_close(f.result(timeout=60), _ref(model, *x))
+            assert r.stats().group_size == 1.0
 
 
 @pytest.mark.ray

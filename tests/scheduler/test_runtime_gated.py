@@ -77,7 +77,9 @@ def test_mixed_routing_matches_the_gates_own_decisions(ray_session, cnn, xs):
         conf = torch.cat([_exit_ref(cnn, x, 1).softmax(1).amax(1) for x in xs])
     thr = float(conf.median())
     gate = MaxSoftmaxGate(thr)
-    with Runtime(cnn, xs[0], devices=TRIO, gate=gate, exit_depth=1) as rt:
+    # paced so that the burst queues: requests travel in groups, and a group splits at the
+    # gate (its easy members finish, its hard ones go on together)
+    with Runtime(cnn, xs[0], devices=TRIO, gate=gate, exit_depth=1, pace=500.0) as rt:
         futs = [rt.submit(x) for x in xs]
         for x, f in zip(xs, futs):
             ref = run_gated(cnn, gate, x, depth=1)
@@ -86,6 +88,14 @@ def test_mixed_routing_matches_the_gates_own_decisions(ray_session, cnn, xs):
         paths = [f.exit_depth for f in futs]
         assert 0 < sum(1 for p in paths if p) < len(xs)
         st = rt.stats()
+        assert st.group_size > 1
+        # every request ran the segment once, and the hard ones the deep path once
+        ran = {}
+        for m in rt.measurements():
+            ran.setdefault(m.request, []).append(m.partition)
+        n_parts = len(rt.partitioned.parts)
+        assert sorted(len(v) for v in ran.values()) == sorted(
+            1 if p else n_parts for p in paths)
         assert st.exit_rate == pytest.approx(sum(1 for p in paths if p) / len(xs))
         assert set(st.latency_by_path) == {"exit@1", "full"}
 

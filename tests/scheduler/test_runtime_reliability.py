@@ -53,6 +53,7 @@ BAD_CONFIGS = [
     ("policy-option-unknown", {"policy_options": {"speed": 11}}, PolicyError, "unknown option.*'speed'"),
     ("max-in-flight-zero", {"max_in_flight": 0}, RuntimeConfigError, "max_in_flight must be an int >= 1, got 0"),
     ("max-in-flight-float", {"max_in_flight": 2.5}, RuntimeConfigError, "max_in_flight must be an int >= 1, got 2.5"),
+    ("max-group-zero", {"max_group": 0}, RuntimeConfigError, "max_group must be an int >= 1, got 0"),
     ("submit-timeout-negative", {"submit_timeout": -1}, RuntimeConfigError, "submit_timeout must be None or"),
     ("request-timeout-zero", {"request_timeout": 0}, RuntimeConfigError, "request_timeout must be None or"),
     ("pace-nan", {"pace": math.nan}, RuntimeConfigError, "pace must be None or a finite number"),
