@@ -1084,7 +1084,8 @@ class AdaptiveLoop:
                                                         times, dag, devices)
             d = rt._dispatcher
             d.add_version(pv.version, [Stage(q.id, q.device, q.inputs, q.outputs) for q in parts],
-                          dag=dag, transfer=lambda u, v, t=times: t.get((u, v), 0.0))
+                          dag=dag, transfer=lambda u, v, t=times: t.get((u, v), 0.0),
+                          call_wall=rt._call_wall(predicted, parts))
             rt.plan, rt.partitioned, rt.predicted = pv.plan, pm, predicted
             rt._transfer, rt._sim_dag = times, dag
             d.switch(pv.version)

@@ -18,7 +18,12 @@ argument and output being a *column* with one value per member. Members still ru
 one inside the call (no tensors are stacked), so each gets exactly the result and the
 measurement it would get alone; a member whose run raises gets a
 :class:`~executors.base.MemberError` in its place and fails alone. Groups form only as
-fast as requests arrive, so an idle runtime adds no batching delay.
+fast as requests arrive, so an idle runtime adds no batching delay. Coalescing pays only
+where calls are short: a group grows only while its members' expected wall time in the
+route's slowest partition stays under ``group_work`` seconds (default
+:data:`GROUP_WORK`; the runtime's prediction at
+first, then the measured per-call wall time); past that Ray's per-call cost is small next
+to the work, and bigger groups would only coarsen the pipelining across devices.
 
 Completion is event driven, with no thread per request: every output ref the driver
 waits for gets a Ray completion callback that puts an event on a queue; one completion
@@ -147,6 +152,9 @@ def _uses(stages) -> dict:
     return uses
 
 
+#: seconds of expected device work one coalesced call may carry (see the module docstring)
+GROUP_WORK = 2e-3
+
 # event kinds on the completion queue
 _EV_REF, _EV_CANCEL, _EV_RETRY_FAILED, _EV_STOP, _EV_WAKE, _EV_READY = range(6)
 
@@ -204,6 +212,10 @@ class Dispatcher:
             coalescing; 1: every request has its own calls). A request submitted while the
             dispatcher is idle is issued at once; under load the issuer thread sends
             whatever has queued meanwhile, up to ``max_group`` requests, as one group.
+        call_wall: partition id -> expected wall seconds of one request's call (None or
+            missing: unknown until measured); caps group sizes.
+        group_work: seconds of expected work one coalesced call may carry (default
+            :data:`GROUP_WORK`).
 
     Example (needs Ray; the runtime builds one for you)::
 
@@ -222,7 +234,9 @@ class Dispatcher:
                  recover: Callable[[], None] | None = None,
                  on_measurement: Sequence[Callable[[Measurement], None]] = (),
                  exits: Sequence[Any] = (), flops: Mapping[int, float] | None = None,
-                 ledger: Any = None, max_group: int = 16):
+                 ledger: Any = None, max_group: int = 16,
+                 call_wall: Mapping[int, float | None] | None = None,
+                 group_work: float = GROUP_WORK):
         import ray
 
         self._ray = ray
@@ -246,6 +260,10 @@ class Dispatcher:
         if not isinstance(max_group, int) or isinstance(max_group, bool) or max_group < 1:
             raise ValueError(f"max_group must be an int >= 1, got {max_group!r}")
         self.max_group = max_group
+        self.group_work = float(group_work)
+        #: partition id -> expected wall seconds per request's call: a prior, then measured
+        self._wall: dict[int, float] = {pid: float(w) for pid, w in (call_wall or {}).items()
+                                        if w is not None}
         self._exit_at = {e.stage: e for e in self.exits}
         self._stage_of = {s.pid: s for s in self.stages}
         self._uses: dict[str, int] = {}
@@ -316,7 +334,12 @@ class Dispatcher:
                 if deadline is not None:
                     heapq.heappush(self._deadlines, (deadline, rid))
                 if len(self._requests) == 1 or self.max_group == 1:
-                    self._issue([req])  # idle (or no coalescing): no thread hop, no wait
+                    try:
+                        self._issue([req])  # idle (or no coalescing): no thread hop, no wait
+                    except BaseException:
+                        req.state = "failed"  # nothing of it runs; the caller gets the error
+                        self._requests.pop(rid, None)
+                        raise
                 else:
                     self._pending.append(req)
                     self._issuable.notify()
@@ -355,10 +378,21 @@ class Dispatcher:
         for r in reqs:
             by_version.setdefault(r.version, []).append(r)
         for version, rs in by_version.items():
-            for i in range(0, len(rs), self.max_group):
-                members = tuple(rs[i:i + self.max_group])
+            cap = self.group_cap(version)
+            for i in range(0, len(rs), cap):
+                members = tuple(rs[i:i + cap])
                 self._issue_group(_Group(members, version))
                 self.recorder.add_group(len(members))
+
+    def group_cap(self, version: int | None = None) -> int:
+        """Requests one group of plan ``version`` (default: current) may hold now:
+        ``max_group``, lowered so that the members' expected wall time in the slowest
+        partition stays under ``group_work`` seconds (never below 1)."""
+        route = self._routes[self.version if version is None else version]
+        w = max((self._wall.get(s.pid, 0.0) for s in route.stages), default=0.0)
+        if w <= 0:
+            return self.max_group
+        return max(1, min(self.max_group, int(self.group_work / w)))
 
     def _issue_group(self, g: _Group) -> None:
         """Put a group's inputs in place and issue its first phase (caller holds the lock)."""
@@ -660,6 +694,8 @@ class Dispatcher:
                                     device=v.device, start=v.start, duration=v.duration,
                                     wall=v.wall, simulated=bool(v.simulated), version=req.version)
                     self.recorder.add_measurement(m)
+                    old = self._wall.get(pid)
+                    self._wall[pid] = v.wall if old is None else 0.8 * old + 0.2 * v.wall
                     for cb in self.on_measurement:
                         try:
                             cb(m)
@@ -690,12 +726,15 @@ class Dispatcher:
 
     # ------------------------------------------------------------ plan versions
     def add_version(self, version: int, stages: Sequence[Stage], *, dag=None,
-                    transfer: Callable[[Hashable, Hashable], float] | None = None) -> None:
+                    transfer: Callable[[Hashable, Hashable], float] | None = None,
+                    call_wall: Mapping[int, float | None] | None = None) -> None:
         """Register the partition calls of plan ``version``, already loaded on the actors
         under partition ids no other live version uses. Requests keep going to the
-        current version until :meth:`switch`."""
+        current version until :meth:`switch`. ``call_wall`` as in the constructor."""
         stages = tuple(stages)
         with self._lock:
+            self._wall.update({pid: float(w) for pid, w in (call_wall or {}).items()
+                               if w is not None})
             if version in self._routes:
                 raise PlanSwitchError(f"plan version {version} is already registered")
             self._routes[version] = _Route(stages, {s.pid: s for s in stages}, _uses(stages),

@@ -334,6 +334,10 @@ class Runtime:
             one actor call per partition (each still runs on its own, with its own result
             and measurements), so Ray's per-call cost is paid once per group; a request
             that arrives while the runtime is idle goes at once. 1 turns coalescing off.
+        group_work: seconds of expected work one coalesced call may carry (default 2 ms):
+            a group grows only while its members' predicted, then measured, wall time in
+            the slowest partition stays under it, so coalescing helps short calls and
+            leaves long ones (where Ray's per-call cost is small) alone.
         submit_timeout: seconds :meth:`submit` may block on backpressure (None: forever)
             before raising :class:`~scheduler.errors.SubmitTimeout`.
         request_timeout: seconds a request may take (None: no limit) before its future
@@ -378,7 +382,8 @@ class Runtime:
                  max_restarts: int = 4, recovery_timeout: float = 30.0, history: int = 100_000,
                  timing_only: bool = False,
                  executor_options: Mapping[str, Any] | None = None,
-                 exit_depth: int | None = None, adaptive: Any = False, max_group: int = 16):
+                 exit_depth: int | None = None, adaptive: Any = False, max_group: int = 16,
+                 group_work: float = 2e-3):
         self._closed = True  # until fully deployed: shutdown() then cleans up what exists
         self._actors: dict[str, Any] = {}
         self._owns_ray = False
@@ -394,6 +399,10 @@ class Runtime:
                     "implemented; use one or the other")
         self._check_options(model, max_in_flight, submit_timeout, request_timeout, pace,
                             max_retries, max_restarts, history, trace, max_group)
+        if not (isinstance(group_work, (int, float)) and not isinstance(group_work, bool)
+                and math.isfinite(group_work) and group_work > 0):
+            raise RuntimeConfigError(
+                f"group_work must be a finite number of seconds > 0, got {group_work!r}")
         if not (isinstance(recovery_timeout, (int, float)) and not isinstance(recovery_timeout, bool)
                 and math.isfinite(recovery_timeout) and recovery_timeout > 0):
             raise RuntimeConfigError(
@@ -495,7 +504,8 @@ class Runtime:
                 request_timeout=request_timeout, max_retries=max_retries, recover=self._recover,
                 exits=pm.exits if gated else (),
                 flops={p.id: float(p.flops) for p in pm.parts} if gated else None,
-                ledger=self._adaptive.ledger if self._adaptive else None, max_group=max_group)
+                ledger=self._adaptive.ledger if self._adaptive else None, max_group=max_group,
+                call_wall=self._call_wall(self.predicted), group_work=group_work)
             if self._adaptive:
                 self._adaptive.attach(self._dispatcher)
         except BaseException:
@@ -504,6 +514,19 @@ class Runtime:
         self._closed = False
 
     # ------------------------------------------------------------------ setup
+    def _call_wall(self, predicted: Mapping[int, float], parts: Iterable[Any] | None = None
+                   ) -> dict[int, float | None]:
+        """Expected wall seconds of one request's call of each partition, for the
+        dispatcher's group sizes: a paced simulated device sleeps ``pace`` x its predicted
+        time, a real device takes its predicted time; an unpaced simulated device's time is
+        the host's compute, unknown until measured (None)."""
+        parts = {p.id: p for p in (self.partitioned.parts if parts is None else parts)}
+        out: dict[int, float | None] = {}
+        for pid, t in predicted.items():
+            sim = parts[pid].device.startswith("sim:")
+            out[pid] = (t * self.pace if self.pace else None) if sim else t
+        return out
+
     @staticmethod
     def _check_options(model, max_in_flight, submit_timeout, request_timeout, pace,
                        max_retries, max_restarts, history, trace, max_group=1) -> None:

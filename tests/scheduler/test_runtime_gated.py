@@ -79,7 +79,8 @@ def test_mixed_routing_matches_the_gates_own_decisions(ray_session, cnn, xs):
     gate = MaxSoftmaxGate(thr)
     # paced so that the burst queues: requests travel in groups, and a group splits at the
     # gate (its easy members finish, its hard ones go on together)
-    with Runtime(cnn, xs[0], devices=TRIO, gate=gate, exit_depth=1, pace=500.0) as rt:
+    with Runtime(cnn, xs[0], devices=TRIO, gate=gate, exit_depth=1, pace=500.0,
+                 group_work=1.0) as rt:
         futs = [rt.submit(x) for x in xs]
         for x, f in zip(xs, futs):
             ref = run_gated(cnn, gate, x, depth=1)

@@ -54,6 +54,7 @@ BAD_CONFIGS = [
     ("max-in-flight-zero", {"max_in_flight": 0}, RuntimeConfigError, "max_in_flight must be an int >= 1, got 0"),
     ("max-in-flight-float", {"max_in_flight": 2.5}, RuntimeConfigError, "max_in_flight must be an int >= 1, got 2.5"),
     ("max-group-zero", {"max_group": 0}, RuntimeConfigError, "max_group must be an int >= 1, got 0"),
+    ("group-work-negative", {"group_work": -1.0}, RuntimeConfigError, "group_work must be a finite number of seconds > 0, got -1.0"),
     ("submit-timeout-negative", {"submit_timeout": -1}, RuntimeConfigError, "submit_timeout must be None or"),
     ("request-timeout-zero", {"request_timeout": 0}, RuntimeConfigError, "request_timeout must be None or"),
     ("pace-nan", {"pace": math.nan}, RuntimeConfigError, "pace must be None or a finite number"),
