@@ -106,9 +106,12 @@ class ExecutorHost:
         'cpu'
     """
 
-    def __init__(self, device_name: str, *, cost_model: Any = None, threads: int | None = 1, **kw: Any):
+    def __init__(self, device_name: str, *, cost_model: Any = None, threads: int | None = 1,
+                 freeze_gc: bool = False, **kw: Any):
         from .factory import create
+        from .serialization import register
 
+        register()  # the outputs this actor returns travel as NumPy arrays (see there)
         if threads is not None:
             import torch
 
@@ -118,6 +121,10 @@ class ExecutorHost:
             kw["local_index"] = _local_index(head)
         self.executor = create(device_name, cost_model=cost_model, **kw)
         self.device = device_name
+        if freeze_gc:  # keep full collections off this long-lived process's requests
+            from .process import freeze_gc_once
+
+            freeze_gc_once()
 
     def load(self, partition: Any, predicted: float | None = None) -> int:
         """Load a partition; returns its id."""

@@ -153,7 +153,7 @@ def _uses(stages) -> dict:
 
 
 #: seconds of expected device work one coalesced call may carry (see the module docstring)
-GROUP_WORK = 2e-3
+GROUP_WORK = 10e-3
 
 # event kinds on the completion queue
 _EV_REF, _EV_CANCEL, _EV_RETRY_FAILED, _EV_STOP, _EV_WAKE, _EV_READY = range(6)
@@ -286,6 +286,7 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._issuable = threading.Condition(self._lock)  # requests are waiting in _pending
         self._pending: list[_Request] = []  # admitted, not issued yet (coalescing under load)
+        self._live_groups = 0  # issued groups not done yet
         self._requests: dict[int, _Request] = {}
         self._ids = itertools.count()
         self._events: queue.SimpleQueue = queue.SimpleQueue()
@@ -353,16 +354,26 @@ class Dispatcher:
         return fut
 
     def _issue_loop(self) -> None:
-        """The issuer thread: send what queued while the dispatcher was busy, in groups."""
+        """The issuer thread: send what queued meanwhile as one group whenever fewer than
+        ``group_window()`` groups are in flight (more would only wait in the actors'
+        queues, while waiting here lets the next group grow)."""
         while True:
             with self._issuable:
-                while not self._pending and not self._closed:
+                while not self._closed and (not self._pending
+                                            or self._live_groups >= self.group_window()):
                     self._issuable.wait()
-                if not self._pending:
-                    return
-                batch, self._pending = self._pending, []
+                waiting = [r for r in self._pending if r.state == "running" and r.group is None]
+                if not waiting:
+                    self._pending = []
+                    if self._closed:
+                        return
+                    continue
+                version = waiting[0].version
+                batch = [r for r in waiting if r.version == version][:self.group_cap(version)]
+                taken = {id(r) for r in batch}
+                self._pending = [r for r in waiting if id(r) not in taken]
                 try:
-                    self._issue([r for r in batch if r.state == "running" and r.group is None])
+                    self._issue(batch)
                 except BaseException as err:  # noqa: BLE001 - fail these, keep serving others
                     failed, error = [r.rid for r in batch if r.state == "running"], err
                 else:
@@ -384,6 +395,20 @@ class Dispatcher:
                 self._issue_group(_Group(members, version))
                 self.recorder.add_group(len(members))
 
+    def group_window(self) -> int:
+        """Groups in flight at once before new requests wait to be coalesced: two per
+        partition of the current route (one running on each device, one queued behind)."""
+        return 2 * max(1, len(self.stages))
+
+    def _retire_group(self, g: _Group) -> None:
+        """The group is done (or abandoned): drop its refs, free its place in the window
+        (caller holds the lock)."""
+        if not g.dead:
+            g.dead = True
+            self._live_groups -= 1
+            self._issuable.notify()
+        g.values, g.got = {}, {}
+
     def group_cap(self, version: int | None = None) -> int:
         """Requests one group of plan ``version`` (default: current) may hold now:
         ``max_group``, lowered so that the members' expected wall time in the slowest
@@ -398,6 +423,7 @@ class Dispatcher:
         """Put a group's inputs in place and issue its first phase (caller holds the lock)."""
         for r in g.members:
             r.group, r.meta_refs, r.exit_depth = g, [], 0
+        self._live_groups += 1
         # a column read by one call travels inline with it; one read by several is put once
         uses = self._routes[g.version].uses
         for i, n in enumerate(self.input_names):
@@ -546,7 +572,7 @@ class Dispatcher:
                 g.select = tuple(hard)
                 self._issue_phase(g)  # hard: continue from the hidden state's refs
             else:
-                g.dead, g.values, g.got = True, {}, {}
+                self._retire_group(g)
         for rid, status, value in done:
             if status == "completed":
                 try:
@@ -573,7 +599,7 @@ class Dispatcher:
                     retry.append(req)
                 else:
                     fail.append(req)
-            g.dead, g.values, g.got = True, {}, {}
+            self._retire_group(g)
             if retry:
                 self._healthy.clear()
         for _ in retry:
@@ -793,7 +819,7 @@ class Dispatcher:
                     continue
                 if req.group is not None:  # issued: abandon its group (all of it is affected)
                     g = req.group
-                    g.dead, g.values, g.got = True, {}, {}
+                    self._retire_group(g)
                     req.group = None
                 if id(req) not in pending:  # issued, or waiting for a retry: a new attempt
                     req.attempt += 1

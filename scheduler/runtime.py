@@ -127,10 +127,9 @@ class InputSignature:
 
     def check(self, inputs: Sequence[Any]) -> None:
         """Raise :class:`~scheduler.errors.InputSignatureError` naming the first mismatch."""
-        sig = self.describe()
         if len(inputs) != len(self.specs):
             raise InputSignatureError(
-                f"expected {len(self.specs)} input(s) {sig}, got {len(inputs)}")
+                f"expected {len(self.specs)} input(s) {self.describe()}, got {len(inputs)}")
         for i, (x, s) in enumerate(zip(inputs, self.specs)):
             if not isinstance(x, torch.Tensor):
                 raise InputSignatureError(
@@ -334,10 +333,14 @@ class Runtime:
             one actor call per partition (each still runs on its own, with its own result
             and measurements), so Ray's per-call cost is paid once per group; a request
             that arrives while the runtime is idle goes at once. 1 turns coalescing off.
-        group_work: seconds of expected work one coalesced call may carry (default 2 ms):
+        group_work: seconds of expected work one coalesced call may carry (default 10 ms):
             a group grows only while its members' predicted, then measured, wall time in
             the slowest partition stays under it, so coalescing helps short calls and
             leaves long ones (where Ray's per-call cost is small) alone.
+        freeze_gc: once deployed, collect and then freeze the driver's heap and each executor
+            actor's (``gc.freeze()``, once per process; see :mod:`executors.process`), so
+            that full garbage collections, which walk every object torch and Ray hold (a
+            0.1-0.2 s stall here), stay off the request path. False leaves the collector alone.
         submit_timeout: seconds :meth:`submit` may block on backpressure (None: forever)
             before raising :class:`~scheduler.errors.SubmitTimeout`.
         request_timeout: seconds a request may take (None: no limit) before its future
@@ -383,7 +386,7 @@ class Runtime:
                  timing_only: bool = False,
                  executor_options: Mapping[str, Any] | None = None,
                  exit_depth: int | None = None, adaptive: Any = False, max_group: int = 16,
-                 group_work: float = 2e-3):
+                 group_work: float = 10e-3, freeze_gc: bool = True):
         self._closed = True  # until fully deployed: shutdown() then cleans up what exists
         self._actors: dict[str, Any] = {}
         self._owns_ray = False
@@ -479,6 +482,7 @@ class Runtime:
         self._max_restarts = max_restarts
         self._recovery_timeout = recovery_timeout
         self._executor_options = dict(executor_options or {})
+        self._freeze_gc = bool(freeze_gc)
         self._init_ray(ray_address)
         pm = self.partitioned
         gated = gate is not None
@@ -508,6 +512,10 @@ class Runtime:
                 call_wall=self._call_wall(self.predicted), group_work=group_work)
             if self._adaptive:
                 self._adaptive.attach(self._dispatcher)
+            if self._freeze_gc:
+                from executors.process import freeze_gc_once
+
+                freeze_gc_once()
         except BaseException:
             self.shutdown(wait=False)  # kill what was deployed; stop Ray if we started it
             raise
@@ -624,14 +632,16 @@ class Runtime:
     def _init_ray(self, address: str | None) -> None:
         import ray
 
+        from executors.serialization import register
+
         address = address or os.environ.get("RAY_ADDRESS") or None
-        if ray.is_initialized():
-            return
-        if address:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-        else:
-            _init_loopback_ray(num_cpus=max(2, len(self.devices)), resources=self._sim_resources())
-        self._owns_ray = True
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+            else:
+                _init_loopback_ray(num_cpus=max(2, len(self.devices)), resources=self._sim_resources())
+            self._owns_ray = True
+        register()  # tensors travel as NumPy arrays, not torch.save archives
 
     def _sim_resources(self) -> dict[str, float]:
         try:
@@ -649,6 +659,7 @@ class Runtime:
     def _actor_kwargs(self, device: str) -> dict[str, Any]:
         kw = dict(self._executor_options)
         kw.setdefault("threads", 1)
+        kw.setdefault("freeze_gc", self._freeze_gc)
         if device.startswith("sim:"):
             # the runtime passes each partition's predicted seconds at load, so the actor
             # needs the spec (a profile file may not exist on a remote node) but no cost model
