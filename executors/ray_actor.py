@@ -29,7 +29,11 @@ Ray. Every actor asks for
 ``num_cpus=0`` by default (three simulated devices fit on a 2-core machine) and sets
 ``torch.set_num_threads(threads)`` (default 1) in its process.
 
-Concurrency: ``load``/``run``/``run_group``/``unload`` run one at a time (a device runs one
+``run_chain`` runs several partitions placed on this device in one call (the Runtime
+uses it for an early exit's shallow path followed by the deep path's partitions on the
+same device), passing values between them in process.
+
+Concurrency: ``load``/``run``/``run_group``/``run_chain``/``unload`` run one at a time (a device runs one
 partition at a time, in arrival order); ``ping``, ``health`` and ``loaded`` are in a
 separate ``control`` concurrency group, so a liveness check answers while a long
 partition is running.
@@ -136,15 +140,17 @@ class ExecutorHost:
         return self.executor.run(partition_id, *args, request=request)
 
     def run_group(self, partition_id: int, requests: tuple, select: tuple | None,
-                  *columns: list) -> Any:
+                  n_skip: int, *columns: list) -> Any:
         """Run a loaded partition once for each request of a group (see the module docstring).
 
-        ``requests`` are the group's request ids, ``columns`` the partition's inputs in
-        order, each a list with one value per request; ``select`` lists the positions to run
-        (None: all; the rest get ``None``). Returns ``(*output columns, meta column)`` (the
-        meta column alone when the partition has no outputs). A partition that is not
-        loaded fails the whole call (a restarted actor); any other failure fails only its
-        request, whose outputs become a :class:`~executors.base.MemberError`.
+        ``requests`` are the group's request ids; ``columns`` are ``n_skip`` *skip columns*
+        (an early exit's gate decisions: a request whose value is true in any of them has
+        left, and is not run) followed by the partition's inputs in order, each a list with
+        one value per request; ``select`` lists the positions to consider (None: all). A
+        request not run gets ``None``. Returns ``(*output columns, meta column)`` (the meta
+        column alone when the partition has no outputs). A partition that is not loaded
+        fails the whole call (a restarted actor); any other failure fails only its request,
+        whose outputs become a :class:`~executors.base.MemberError`.
 
         Example:
             >>> import torch, torch.fx
@@ -153,17 +159,24 @@ class ExecutorHost:
             >>> gm = torch.fx.symbolic_trace(lambda x: (x + 1,))
             >>> h.load(Partition(0, "cpu", gm, ("x",), ("add",)))
             0
-            >>> out, meta = h.run_group(0, (7, 8), None, [torch.zeros(1), torch.ones(1)])
+            >>> out, meta = h.run_group(0, (7, 8), None, 0, [torch.zeros(1), torch.ones(1)])
             >>> out, [m.request for m in meta]
             ([tensor([1.]), tensor([2.])], [7, 8])
+            >>> h.run_group(0, (7, 8), None, 1, [True, False], [torch.zeros(1), torch.ones(1)])[0]
+            [None, tensor([2.])]
         """
         n_out = len(self.executor.partition(partition_id).outputs)
         n = len(requests)
+        skips, columns = columns[:n_skip], columns[n_skip:]
         outs: list[list] = [[None] * n for _ in range(n_out)]
         metas: list = [None] * n
         for i in (range(n) if select is None else select):
+            gates = [col[i] for col in skips]
+            err = next((a for a in gates if isinstance(a, MemberError)), None)
+            if err is None and any(bool(a) for a in gates):
+                continue  # it left at an exit: nothing to run
             args = [col[i] for col in columns]
-            err = next((a for a in args if isinstance(a, MemberError)), None)
+            err = err or next((a for a in args if isinstance(a, MemberError)), None)
             if err is None:
                 try:
                     r = self.executor.run(partition_id, *args, request=requests[i])
@@ -179,6 +192,42 @@ class ExecutorHost:
                 col[i] = err
             metas[i] = err
         return (*outs, metas) if n_out else metas
+
+    def run_chain(self, steps: tuple, inputs: tuple, returns: tuple, requests: tuple,
+                  select: tuple | None, *columns: list) -> Any:
+        """Run several loaded partitions in one call, for a group of requests: values pass
+        from one to the next inside this process (no round trip through the caller, no
+        object-store copy of the activations in between).
+
+        ``steps`` are ``(partition id, input names, output names, skip names)`` in order (see
+        :meth:`run_group` for skip columns); ``columns`` are the values of ``inputs`` (one
+        column each); returns the columns named by ``returns``, then a dict
+        ``{partition id: meta column}``.
+
+        Example:
+            >>> import torch, torch.fx
+            >>> from graphs.partition import Partition
+            >>> h = ExecutorHost("cpu")
+            >>> h.load(Partition(0, "cpu", torch.fx.symbolic_trace(lambda x: (x + 1,)), ("x",), ("y",)))
+            0
+            >>> h.load(Partition(1, "cpu", torch.fx.symbolic_trace(lambda y: (y * 2,)), ("y",), ("z",)))
+            1
+            >>> z, metas = h.run_chain(((0, ("x",), ("y",), ()), (1, ("y",), ("z",), ())), ("x",),
+            ...                        ("z",), (5,), None, [torch.ones(1)])
+            >>> z, sorted(metas)
+            ([tensor([4.])], [0, 1])
+        """
+        values = dict(zip(inputs, columns))
+        metas: dict[int, list] = {}
+        for pid, ins, outs, skip in steps:
+            cols = [values[n] for n in (*skip, *ins)]
+            got = self.run_group(pid, requests, select, len(skip), *cols)
+            if outs:
+                *out_cols, metas[pid] = got
+                values.update(zip(outs, out_cols))
+            else:
+                metas[pid] = got
+        return (*(values[n] for n in returns), metas) if returns else metas
 
     def unload(self, partition_id: int) -> None:
         """Unload a partition."""

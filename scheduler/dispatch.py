@@ -120,9 +120,10 @@ class _Group:
     values: dict = field(default_factory=dict)  # value name -> ObjectRef or inline column
     select: tuple | None = None  # slots still going on (None: all)
     cursor: int = 0  # index of the next stage to issue (phases with exits)
-    pending: int = 0  # refs still awaited in the current phase
-    got: dict = field(default_factory=dict)  # key -> fetched column (outputs, or gate + logits)
-    gate: Any = None  # the ExitPoint the current phase ends at (None: the model's outputs)
+    pending: dict = field(default_factory=dict)  # "gate" | "out" -> refs still awaited
+    got: dict = field(default_factory=dict)  # (part, index) -> fetched column
+    gate: Any = None  # the ExitPoint of the current phase (None: it ends at the model's outputs)
+    ahead: bool = False  # the phase also ran the rest of the model for its gate's hard members
     dead: bool = False  # finished, or abandoned for a retry: its events are ignored
 
     def live(self) -> list[tuple[int, "_Request"]]:
@@ -287,6 +288,8 @@ class Dispatcher:
         self._issuable = threading.Condition(self._lock)  # requests are waiting in _pending
         self._pending: list[_Request] = []  # admitted, not issued yet (coalescing under load)
         self._live_groups = 0  # issued groups not done yet
+        #: phases issued after a gate's decision (hard members going on to other devices)
+        self.continued = 0
         self._requests: dict[int, _Request] = {}
         self._ids = itertools.count()
         self._events: queue.SimpleQueue = queue.SimpleQueue()
@@ -434,16 +437,69 @@ class Dispatcher:
     def _issue_phase(self, g: _Group) -> None:
         """Submit the group's stages from ``g.cursor`` up to the next exit point (or the end)
         and watch what decides its members: the gate's outputs, or the model's outputs
-        (caller holds the lock)."""
+        (caller holds the lock).
+
+        After an exit point, the stages that follow on the *same device* are issued at once
+        too, with the gate's decision column as a filter: the actor runs them only for the
+        members whose gate did not pass, so hard members go on without waiting for the
+        driver, and no other device is touched before the driver has seen the decision."""
         values = g.values
-        exit_point = None
         stages = self._routes[g.version].stages
         rids = tuple(r.rid for r in g.members)
         slots = [s for s, _ in g.live()]
-        for i in range(g.cursor, len(stages)):
-            st = stages[i]
-            args = [values[n] for n in st.inputs]
-            out = self._method(st).remote(st.pid, rids, g.select, *args)
+
+        i, exit_point, calls = g.cursor, None, []  # calls: (stage index, skip value names)
+        while i < len(stages) and exit_point is None:
+            calls.append((i, ()))
+            exit_point = self._exit_at.get(i)
+            i += 1
+        ahead = False
+        if exit_point is not None:
+            device = stages[i - 1].device
+            while i < len(stages) and stages[i].device == device and i not in self._exit_at:
+                calls.append((i, (exit_point.go,)))
+                i += 1
+                ahead = i == len(stages)
+        # consecutive calls on one device go as one actor call: values pass in process
+        chain: list = []
+        for k, (idx, skip) in enumerate(calls):
+            chain.append((idx, skip))
+            if k + 1 == len(calls) or stages[calls[k + 1][0]].device != stages[idx].device:
+                self._issue_chain(g, stages, chain, rids, slots)
+                chain = []
+        g.cursor, g.gate, g.ahead, g.got = i, exit_point, ahead, {}
+        watch = []
+        if exit_point is not None:
+            watch += [(("gate", k), values[n]) for k, n in enumerate((exit_point.go, exit_point.logits))]
+        if exit_point is None or ahead:
+            watch += [(("out", k), values[n]) for k, n in enumerate(self.output_names)]
+        g.pending = {"gate": 0, "out": 0}
+        refs = []
+        for key, v in watch:
+            if isinstance(v, self._ray.ObjectRef):
+                g.pending[key[0]] += 1
+                refs.append((key, v))
+            else:  # an output that is a model input (an inline column)
+                g.got[key] = v
+        phase = g.cursor
+        for part in ("gate", "out"):
+            if any(k[0] == part for k, _ in watch) and not g.pending[part]:
+                self._events.put((_EV_READY, g, phase, part))
+        # only these are watched: once they are ready every partition of the phase has run,
+        # and the meta records are fetched later in batches (flush), off the request's path
+        for key, ref in refs:
+            ref.future().add_done_callback(
+                lambda f, g=g, phase=phase, key=key: self._events.put((_EV_REF, g, phase, key, f)))
+
+    def _issue_chain(self, g: _Group, stages: tuple, chain: list, rids: tuple, slots: list) -> None:
+        """Issue stages on one device, with their skip columns: one ``run_group`` call for
+        one stage, one ``run_chain`` call for several (caller holds the lock)."""
+        values = g.values
+        if len(chain) == 1:
+            idx, skip = chain[0]
+            st = stages[idx]
+            args = [values[n] for n in skip] + [values[n] for n in st.inputs]
+            out = self._method(st).remote(st.pid, rids, g.select, len(skip), *args)
             if st.outputs:
                 *outs, meta = out
                 values.update(zip(st.outputs, outs))
@@ -451,28 +507,33 @@ class Dispatcher:
                 meta = out
             for s in slots:
                 g.members[s].meta_refs.append((st.pid, meta, s))
-            g.cursor = i + 1
-            exit_point = self._exit_at.get(i)
-            if exit_point is not None:
-                break
-        g.gate, g.got = exit_point, {}
-        names = (exit_point.go, exit_point.logits) if exit_point is not None else self.output_names
-        watch = []
-        for key, name in enumerate(names):
-            v = values[name]
-            if isinstance(v, self._ray.ObjectRef):
-                watch.append((key, v))
-            else:  # an output that is a model input (an inline column)
-                g.got[key] = v
-        g.pending = len(watch)
-        phase = g.cursor
-        if not watch:
-            self._events.put((_EV_READY, g, phase))
-        # only these are watched: once they are ready every partition of the phase has run,
-        # and the meta records are fetched later in batches (flush), off the request's path
-        for key, ref in watch:
-            ref.future().add_done_callback(
-                lambda f, g=g, phase=phase, key=key: self._events.put((_EV_REF, g, phase, key, f)))
+            return
+        inside = {idx for idx, _ in chain}
+        made: list[str] = []
+        steps = []
+        for idx, skip in chain:
+            st = stages[idx]
+            steps.append((st.pid, st.inputs, st.outputs, skip))
+            made.extend(st.outputs)
+        produced = set(made)
+        inputs = tuple(dict.fromkeys(n for idx, skip in chain
+                                     for n in (*skip, *stages[idx].inputs) if n not in produced))
+        watched = set(self.output_names)
+        for e in self.exits:
+            watched.update((e.go, e.logits))
+        later = {n for j, st in enumerate(stages) if j not in inside for n in st.inputs}
+        returns = tuple(n for n in dict.fromkeys(made) if n in watched or n in later)
+        actor = self.actors[stages[chain[0][0]].device]
+        out = actor.run_chain.options(num_returns=len(returns) + 1).remote(
+            tuple(steps), inputs, returns, rids, g.select, *(values[n] for n in inputs))
+        if returns:
+            *outs, meta = out
+            values.update(zip(returns, outs))
+        else:
+            meta = out
+        for idx, _ in chain:
+            for s in slots:
+                g.members[s].meta_refs.append((stages[idx].pid, meta, s))
 
     def _method(self, st: Stage):
         """``run_group`` of the stage's actor with its number of returns (cached per actor
@@ -521,7 +582,7 @@ class Dispatcher:
             self._finish(ev[1], "failed", ev[2])
             return
         if kind == _EV_READY:
-            self._phase_done(ev[1], ev[2])
+            self._part_done(ev[1], ev[2], ev[3])
             return
         _, g, phase, key, f = ev
         with self._lock:
@@ -536,42 +597,56 @@ class Dispatcher:
             if g.dead or g.cursor != phase:
                 return
             g.got[key] = value
-            g.pending -= 1
-            if g.pending:
+            g.pending[key[0]] -= 1
+            if g.pending[key[0]]:
                 return
-        self._phase_done(g, phase)
+        self._part_done(g, phase, key[0])
 
-    def _phase_done(self, g: _Group, phase: int) -> None:
-        """Every watched column of the group's phase is here: finish each member it carries
-        (its exit logits when its gate passed, its output at the end of the model, or its
-        failure) and issue the next phase for the members whose gate did not pass."""
+    def _part_done(self, g: _Group, phase: int, part: str) -> None:
+        """Every watched column of one part of the group's phase is here. ``"gate"``: finish
+        the members whose gate passed (exit logits) or failed; the others are hard: they
+        go on in the next phase, or, when the phase ran ahead to the model's end, wait for
+        ``"out"``. ``"out"``: finish the members still carried with the model's outputs."""
         done: list[tuple[int, str, Any]] = []
         with self._lock:
             if g.dead or g.cursor != phase:
                 return
             point, got = g.gate, g.got
-            hard = []
-            for s, req in g.live():
-                cols = range(2 if point is not None else len(self.output_names))
-                vals = tuple(got[k][s] for k in cols)
-                bad = next((v for v in vals if isinstance(v, MemberError)), None)
-                if bad is not None:
-                    where = (f"the gate of the exit at stage {g.cursor - 1}" if point is not None
-                             else "the model's outputs")
-                    done.append((req.rid, "failed", RequestFailed(
-                        f"request {req.rid} failed after {req.attempt + 1} attempt(s) (waiting "
-                        f"for {where}): {bad.summary}", bad.exception())))
-                elif point is None:
-                    done.append((req.rid, "completed", vals))
-                elif bool(vals[0]):
-                    req.exit_depth = point.depth
-                    done.append((req.rid, "exit", vals[1]))
+            live = g.live()
+            if part == "gate":
+                hard = []
+                for s, req in live:
+                    go, logits = got[("gate", 0)][s], got[("gate", 1)][s]
+                    bad = go if isinstance(go, MemberError) else (
+                        logits if isinstance(logits, MemberError) else None)
+                    if bad is not None:
+                        done.append((req.rid, "failed", self._member_failed(
+                            req, bad, f"the gate of the exit at depth {point.depth}")))
+                    elif bool(go):
+                        req.exit_depth = point.depth
+                        done.append((req.rid, "exit", logits))
+                    else:
+                        hard.append(s)
+                g.gate = None  # decided: what remains of the phase is the model's outputs
+                if not hard:
+                    self._retire_group(g)
+                elif g.ahead:
+                    g.select = tuple(hard)  # their outputs are on the way (or here)
+                    if not g.pending["out"]:
+                        part, live = "out", [(s, g.members[s]) for s in hard]
                 else:
-                    hard.append(s)
-            if hard:
-                g.select = tuple(hard)
-                self._issue_phase(g)  # hard: continue from the hidden state's refs
-            else:
+                    g.select = tuple(hard)
+                    self.continued += 1
+                    self._issue_phase(g)  # hard: continue from the hidden state's refs
+            if part == "out" and g.gate is None and not g.dead:
+                for s, req in live:
+                    vals = tuple(got[("out", k)][s] for k in range(len(self.output_names)))
+                    bad = next((v for v in vals if isinstance(v, MemberError)), None)
+                    if bad is not None:
+                        done.append((req.rid, "failed", self._member_failed(
+                            req, bad, "the model's outputs")))
+                    else:
+                        done.append((req.rid, "completed", vals))
                 self._retire_group(g)
         for rid, status, value in done:
             if status == "completed":
@@ -582,7 +657,12 @@ class Dispatcher:
                         f"request {rid}: rebuilding the output failed: {err}", err)
             self._finish(rid, "completed" if status == "exit" else status, value)
 
-    def _group_failed(self, g: _Group, phase: int, key: int, err: BaseException) -> None:
+    @staticmethod
+    def _member_failed(req: _Request, bad: MemberError, where: str) -> RequestFailed:
+        return RequestFailed(f"request {req.rid} failed after {req.attempt + 1} attempt(s) "
+                             f"(waiting for {where}): {bad.summary}", bad.exception())
+
+    def _group_failed(self, g: _Group, phase: int, key: tuple, err: BaseException) -> None:
         """A watched call of the group failed as a whole: retry its members after an
         infrastructure failure (a dead actor, a lost object), else fail them."""
         retry_ok = _is_infrastructure(err) and not self._closed
@@ -590,8 +670,8 @@ class Dispatcher:
         with self._lock:
             if g.dead or g.cursor != phase:
                 return
-            where = (f"the gate of the exit at stage {g.cursor - 1}" if g.gate is not None
-                     else f"output {self.output_names[key]!r}")
+            where = (f"the gate of the exit at depth {g.gate.depth}" if key[0] == "gate"
+                     else f"output {self.output_names[key[1]]!r}")
             for _, req in g.live():
                 if retry_ok and req.attempt < self.max_retries:
                     req.attempt += 1  # the group's late events are ignored from now on
@@ -709,10 +789,15 @@ class Dispatcher:
                     except Exception:  # noqa: BLE001
                         pass
             for req, finished, metas in backlog:
-                got = {}
+                got, complete = {}, True
                 for pid, ref, slot in metas:
                     col = columns.get(ref)
-                    m = col[slot] if col is not None and slot < len(col) else None
+                    if isinstance(col, dict):  # a run_chain call: one meta column per partition
+                        col = col.get(pid)
+                    if col is None or slot >= len(col):
+                        complete = False  # a lost record: no makespan for this request
+                        continue
+                    m = col[slot]  # None: skipped (it left at an exit before this partition)
                     if m is not None and not isinstance(m, MemberError):
                         got[pid] = m
                 for pid, v in got.items():
@@ -728,8 +813,9 @@ class Dispatcher:
                         except Exception:  # noqa: BLE001 - a user hook must not stop the runtime
                             pass
                 sim, energy = (self._request_sim(got, self._routes.get(req.version))
-                               if len(got) == len(metas) else (None, None))
-                flops = (sum(self.flops.get(pid, 0.0) for pid, _, _ in metas) if self.flops else None)
+                               if complete else (None, None))
+                flops = (sum(self.flops.get(pid, 0.0) for pid in got) if self.flops and complete
+                         else None)
                 self.recorder.add_request(RequestRecord(
                     request=req.rid, submitted=req.submitted, finished=finished,
                     status="completed", attempts=req.attempt + 1, sim_makespan=sim, energy=energy,

@@ -67,6 +67,10 @@ class GatedPartitions:
     deep_flops: int  # FLOPs of the deep path
     full_flops: int  # FLOPs of the plain model's forward (what an ungated request costs)
 
+    def __len__(self) -> int:
+        """Number of partitions (as :class:`graphs.partition.PartitionedModel`)."""
+        return len(self.parts)
+
     @property
     def devices(self) -> tuple[str, ...]:
         return tuple(p.device for p in self.parts)

@@ -88,7 +88,7 @@ def test_actor_round_trip_and_split_refs(ray_session, pm, actors):
     for p in model.parts:
         n = len(p.outputs)
         out = actors[p.device].run_group.options(num_returns=n + 1).remote(
-            p.id, (("req", 7), ("req", 8)), None, *(refs[i] for i in p.inputs))
+            p.id, (("req", 7), ("req", 8)), None, 0, *(refs[i] for i in p.inputs))
         assert len(out) == n + 1
         refs.update(zip(p.outputs, out[:n]))
         metas.append(out[n])
@@ -130,20 +130,26 @@ def test_run_group_isolates_a_failing_request_and_honours_select():
     gm2 = torch.fx.symbolic_trace(lambda y: (y + 1,))
     h.load(Partition(1, "cpu", gm2, ("y",), ("add",)))
     xs = [torch.ones(4), torch.ones(3), torch.zeros(4)]  # the second cannot be viewed as 2x2
-    out, meta = h.run_group(0, ("a", "b", "c"), None, xs)
+    out, meta = h.run_group(0, ("a", "b", "c"), None, 0, xs)
     torch.testing.assert_close(out[0], torch.full((2, 2), 2.0))
     torch.testing.assert_close(out[2], torch.zeros(2, 2))
     assert isinstance(out[1], MemberError) and meta[1] is out[1]
     assert out[1].summary.startswith("cpu: partition 0 failed: RuntimeError: shape '[2, 2]' is invalid")
     assert [m.request for m in (meta[0], meta[2])] == ["a", "c"]
     # a later partition passes the error on, and runs only the selected positions
-    out2, meta2 = h.run_group(1, ("a", "b", "c"), (1, 2), out)
+    out2, meta2 = h.run_group(1, ("a", "b", "c"), (1, 2), 0, out)
     assert out2[0] is None and meta2[0] is None  # not selected
     assert isinstance(out2[1], MemberError) and out2[1].message == out[1].message
     torch.testing.assert_close(out2[2], torch.ones(2, 2))
     assert h.executor.health()["runs"] == 3  # a, c, then c again: the failed one did not run
+    # a skip column (an exit's decisions): true members are not run, an error passes on
+    out3, meta3 = h.run_group(1, ("a", "b", "c"), None, 1, [True, out[1], False], out)
+    assert out3[0] is None and meta3[0] is None
+    assert isinstance(out3[1], MemberError)
+    torch.testing.assert_close(out3[2], torch.ones(2, 2))
+    assert h.executor.health()["runs"] == 4
     with pytest.raises(ExecutorError, match="partition 5 is not loaded"):
-        h.run_group(5, ("a",), None, [torch.ones(1)])
+        h.run_group(5, ("a",), None, 0, [torch.ones(1)])
 
 
 def test_ping_answers_while_a_paced_run_is_busy(ray_session, pm, actors):

@@ -79,8 +79,11 @@ def test_mixed_routing_matches_the_gates_own_decisions(ray_session, cnn, xs):
     gate = MaxSoftmaxGate(thr)
     # paced so that the burst queues: requests travel in groups, and a group splits at the
     # gate (its easy members finish, its hard ones go on together)
-    with Runtime(cnn, xs[0], devices=TRIO, gate=gate, exit_depth=1, pace=500.0,
-                 group_work=1.0) as rt:
+    with Runtime(cnn, xs[0], devices=TRIO, policy="round-robin", gate=gate, exit_depth=1,
+                 pace=500.0, group_work=1.0) as rt:
+        seg = rt.partitioned.parts[0]
+        assert {p.device for p in rt.partitioned.parts[1:]} - {seg.device}, \
+            "test needs deep partitions on another device"
         futs = [rt.submit(x) for x in xs]
         for x, f in zip(xs, futs):
             ref = run_gated(cnn, gate, x, depth=1)
@@ -90,6 +93,8 @@ def test_mixed_routing_matches_the_gates_own_decisions(ray_session, cnn, xs):
         assert 0 < sum(1 for p in paths if p) < len(xs)
         st = rt.stats()
         assert st.group_size > 1
+        # hard requests went on to the deep path's devices after the driver saw the gate
+        assert rt._dispatcher.continued >= 1
         # every request ran the segment once, and the hard ones the deep path once
         ran = {}
         for m in rt.measurements():
@@ -99,6 +104,37 @@ def test_mixed_routing_matches_the_gates_own_decisions(ray_session, cnn, xs):
             1 if p else n_parts for p in paths)
         assert st.exit_rate == pytest.approx(sum(1 for p in paths if p) / len(xs))
         assert set(st.latency_by_path) == {"exit@1", "full"}
+
+
+def test_deep_path_on_the_shallow_device_goes_on_inside_the_actor(ray_session, cnn, xs):
+    """With the whole model on one device, a group runs its shallow path and, for the members
+    whose gate did not pass, the deep path in one actor call: no second phase from the
+    driver, every partition run once per request that needs it, results as run_gated."""
+    with torch.inference_mode():
+        conf = torch.cat([_exit_ref(cnn, x, 1).softmax(1).amax(1) for x in xs])
+    gate = MaxSoftmaxGate(float(conf.median()))
+    with Runtime(cnn, xs[0], devices=["sim:atlas-200i-a2"], gate=gate, exit_depth=1,
+                 pace=500.0, group_work=1.0) as rt:
+        assert len({p.device for p in rt.partitioned.parts}) == 1
+        futs = [rt.submit(x) for x in xs]
+        for x, f in zip(xs, futs):
+            ref = run_gated(cnn, gate, x, depth=1)
+            torch.testing.assert_close(f.result(timeout=60), ref.logits)
+            assert f.exit_depth == int(ref.exit_depth)
+        paths = [f.exit_depth for f in futs]
+        assert 0 < sum(1 for p in paths if p) < len(xs)
+        assert rt._dispatcher.continued == 0 and rt.stats().group_size > 1
+        ran = {}
+        for m in rt.measurements():
+            ran.setdefault(m.request, []).append(m.partition)
+        n_parts = len(rt.partitioned.parts)
+        assert sorted(len(v) for v in ran.values()) == sorted(1 if p else n_parts for p in paths)
+        st = rt.stats()
+        assert st.exit_rate == pytest.approx(sum(1 for p in paths if p) / len(xs))
+        # compute saved counts only what ran: easy requests the segment, hard ones all
+        seg, full = rt.partitioned.segment_flops[0], rt.partitioned.full_flops
+        used = sum(seg if p else seg + rt.partitioned.deep_flops for p in paths)
+        assert st.compute_saved == pytest.approx(1 - used / (len(xs) * full), rel=1e-6)
 
 
 def test_cascade_leaves_at_the_first_passing_exit(ray_session):
