@@ -16,7 +16,7 @@ Example:
     >>> ex.run(3)
     Traceback (most recent call last):
     ...
-    executors.errors.ExecutorError: cpu: partition 3 is not loaded; loaded partitions: (none)
+    executors.errors.ExecutorStateLost: cpu: partition 3 is not loaded; loaded partitions: (none)
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from .errors import ExecutorError
+from .errors import ExecutorError, ExecutorStateLost
 
-__all__ = ["ExecutionResult", "Executor", "MemberError", "map_tensors"]
+__all__ = ["ExecutionResult", "Executor", "MemberError", "MetaColumn", "map_tensors"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,38 @@ class MemberError:
     def exception(self) -> ExecutorError:
         """The failure as an :class:`~executors.errors.ExecutorError`."""
         return ExecutorError(self.message)
+
+
+@dataclass(frozen=True)
+class MetaColumn:
+    """What one group call of a partition measured, compactly (it travels with every call):
+    per request of the group a row ``(start, duration, wall)``, ``None`` (not run) or a
+    :class:`MemberError`. Indexing gives the request's :class:`ExecutionResult` (without
+    outputs), ``None`` or the error.
+
+    Example:
+        >>> col = MetaColumn("cpu", 3, False, True, ("a", "b"), ((1.0, 0.5, 0.5), None))
+        >>> col[0].request, col[0].end, col[1], len(col)
+        ('a', 1.5, None, 2)
+    """
+
+    device: str
+    partition: int
+    simulated: bool
+    computed: bool
+    requests: tuple
+    rows: tuple
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> "ExecutionResult | MemberError | None":
+        row = self.rows[i]
+        if row is None or isinstance(row, MemberError):
+            return row
+        start, duration, wall = row
+        return ExecutionResult((), self.device, self.partition, start, duration, wall,
+                               self.simulated, self.computed, self.requests[i])
 
 
 def map_tensors(x: Any, fn) -> Any:
@@ -222,8 +254,8 @@ class Executor(ABC):
             return self._parts[int(partition_id)]
         except (KeyError, TypeError, ValueError):
             ids = ", ".join(map(str, self.loaded())) or "(none)"
-            raise ExecutorError(f"{self.device}: partition {partition_id!r} is not loaded; "
-                                f"loaded partitions: {ids}") from None
+            raise ExecutorStateLost(f"{self.device}: partition {partition_id!r} is not loaded; "
+                                    f"loaded partitions: {ids}") from None
 
     def _run_entry(self, entry: _Loaded, args: tuple) -> tuple[tuple, float | None, bool]:
         """(outputs, duration or None for the measured wall time, computed)."""

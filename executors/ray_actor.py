@@ -29,11 +29,14 @@ Ray. Every actor asks for
 ``num_cpus=0`` by default (three simulated devices fit on a 2-core machine) and sets
 ``torch.set_num_threads(threads)`` (default 1) in its process.
 
-``run_chain`` runs several partitions placed on this device in one call (the Runtime
-uses it for an early exit's shallow path followed by the deep path's partitions on the
-same device), passing values between them in process.
+Consecutive calls of one group on this device pass values in process: a call may keep
+output columns here (``keep=``) and a later one names them with :class:`Kept` instead of an
+object ref. The Runtime does so for an early exit's shallow path followed by the deep
+path's partitions on the same device: the second call has no Ray dependency, so it is
+sent at once and runs right after the first (calls from one caller run in order), while
+the first call's gate decisions already travel back.
 
-Concurrency: ``load``/``run``/``run_group``/``run_chain``/``unload`` run one at a time (a device runs one
+Concurrency: ``load``/``run``/``run_group``/``unload`` run one at a time (a device runs one
 partition at a time, in arrival order); ``ping``, ``health`` and ``loaded`` are in a
 separate ``control`` concurrency group, so a liveness check answers while a long
 partition is running.
@@ -53,18 +56,37 @@ from __future__ import annotations
 import os
 import re
 import time
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import ray
 
-from .base import ExecutionResult, MemberError
+from .base import ExecutionResult, MemberError, MetaColumn
 
-__all__ = ["ExecutorActor", "ExecutorHost", "MemberError", "actor_options", "sim_resource",
-           "SIM_RESOURCE_SHARE"]
+__all__ = ["ExecutorActor", "ExecutorHost", "Kept", "MemberError", "actor_options",
+           "sim_resource", "SIM_RESOURCE_SHARE"]
 
 
 #: Fraction of a simulated device's custom resource one executor actor requests.
 SIM_RESOURCE_SHARE = 0.01
+
+#: Groups whose kept columns an actor holds at most (older ones were abandoned).
+_KEEP_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class Kept:
+    """Stands for a column an earlier ``run_group`` call of the same group left in the
+    actor (``keep=``): consecutive calls on one device pass values in process, so a call
+    that depends on the one before it has no Ray dependency to wait for.
+
+    Example:
+        >>> Kept(3, "hidden")
+        Kept(key=3, name='hidden')
+    """
+
+    key: Any
+    name: str
 
 
 def sim_resource(device_name: str) -> str:
@@ -125,6 +147,7 @@ class ExecutorHost:
             kw["local_index"] = _local_index(head)
         self.executor = create(device_name, cost_model=cost_model, **kw)
         self.device = device_name
+        self._keep: dict[Any, dict[str, list]] = {}  # columns kept between calls (run_group)
         if freeze_gc:  # keep full collections off this long-lived process's requests
             from .process import freeze_gc_once
 
@@ -140,17 +163,26 @@ class ExecutorHost:
         return self.executor.run(partition_id, *args, request=request)
 
     def run_group(self, partition_id: int, requests: tuple, select: tuple | None,
-                  n_skip: int, *columns: list) -> Any:
+                  n_skip: int, *columns: Any, keep: tuple | None = None,
+                  drop: Any = None) -> Any:
         """Run a loaded partition once for each request of a group (see the module docstring).
 
         ``requests`` are the group's request ids; ``columns`` are ``n_skip`` *skip columns*
         (an early exit's gate decisions: a request whose value is true in any of them has
         left, and is not run) followed by the partition's inputs in order, each a list with
-        one value per request; ``select`` lists the positions to consider (None: all). A
-        request not run gets ``None``. Returns ``(*output columns, meta column)`` (the meta
-        column alone when the partition has no outputs). A partition that is not loaded
-        fails the whole call (a restarted actor); any other failure fails only its request,
-        whose outputs become a :class:`~executors.base.MemberError`.
+        one value per request, or a :class:`Kept` placeholder for a column an earlier call
+        of the group left in this actor; ``select`` lists the positions to consider (None:
+        all). A request not run gets ``None``. ``keep=(key, names, hidden)`` leaves the
+        output columns ``names`` in this actor under ``key`` for a later call (``hidden``:
+        those of them not shipped back, ``None`` in their place); ``drop`` forgets what was
+        kept under that key once this call has read it.
+
+        Returns ``(*output columns, meta column)`` (a :class:`~executors.base.MetaColumn`;
+        alone when the partition has no outputs). A partition that is not loaded, or a kept
+        column that is gone, fails the whole call with
+        :class:`~executors.errors.ExecutorStateLost` (a restarted actor: the runtime
+        retries); any other failure fails only its request, whose outputs become a
+        :class:`~executors.base.MemberError`.
 
         Example:
             >>> import torch, torch.fx
@@ -159,17 +191,21 @@ class ExecutorHost:
             >>> gm = torch.fx.symbolic_trace(lambda x: (x + 1,))
             >>> h.load(Partition(0, "cpu", gm, ("x",), ("add",)))
             0
-            >>> out, meta = h.run_group(0, (7, 8), None, 0, [torch.zeros(1), torch.ones(1)])
+            >>> out, meta = h.run_group(0, (7, 8), None, 0, [torch.zeros(1), torch.ones(1)],
+            ...                         keep=("g1", ("add",), ("add",)))
             >>> out, [m.request for m in meta]
-            ([tensor([1.]), tensor([2.])], [7, 8])
-            >>> h.run_group(0, (7, 8), None, 1, [True, False], [torch.zeros(1), torch.ones(1)])[0]
-            [None, tensor([2.])]
+            (None, [7, 8])
+            >>> h.run_group(0, (7, 8), None, 1, [True, False], Kept("g1", "add"), drop="g1")[0]
+            [None, tensor([3.])]
         """
         n_out = len(self.executor.partition(partition_id).outputs)
+        outputs = self.executor.partition(partition_id).outputs
         n = len(requests)
+        columns = tuple(self._kept(c) if isinstance(c, Kept) else c for c in columns)
         skips, columns = columns[:n_skip], columns[n_skip:]
         outs: list[list] = [[None] * n for _ in range(n_out)]
         metas: list = [None] * n
+        flags = (self.executor.kind == "sim", not getattr(self.executor, "timing_only", False))
         for i in (range(n) if select is None else select):
             gates = [col[i] for col in skips]
             err = next((a for a in gates if isinstance(a, MemberError)), None)
@@ -186,48 +222,38 @@ class ExecutorHost:
                 else:
                     for col, o in zip(outs, r.outputs):
                         col[i] = o
-                    metas[i] = r.without_outputs()
+                    metas[i] = (r.start, r.duration, r.wall)
+                    flags = (r.simulated, r.computed)
                     continue
             for col in outs:
                 col[i] = err
             metas[i] = err
-        return (*outs, metas) if n_out else metas
+        if drop is not None:
+            self._keep.pop(drop, None)
+        shipped: list = list(outs)
+        if keep is not None:
+            key, names, hidden = keep
+            kept = self._keep.setdefault(key, {})
+            for j, name in enumerate(outputs):
+                if name in names:
+                    kept[name] = outs[j]
+                if name in hidden:
+                    shipped[j] = None
+            while len(self._keep) > _KEEP_LIMIT:  # abandoned groups (a failure upstream)
+                self._keep.pop(next(iter(self._keep)))
+        meta = MetaColumn(self.device, int(partition_id), flags[0], flags[1], tuple(requests),
+                          tuple(metas))
+        return (*shipped, meta) if n_out else meta
 
-    def run_chain(self, steps: tuple, inputs: tuple, returns: tuple, requests: tuple,
-                  select: tuple | None, *columns: list) -> Any:
-        """Run several loaded partitions in one call, for a group of requests: values pass
-        from one to the next inside this process (no round trip through the caller, no
-        object-store copy of the activations in between).
+    def _kept(self, ref: "Kept") -> list:
+        try:
+            return self._keep[ref.key][ref.name]
+        except KeyError:
+            from .errors import ExecutorStateLost
 
-        ``steps`` are ``(partition id, input names, output names, skip names)`` in order (see
-        :meth:`run_group` for skip columns); ``columns`` are the values of ``inputs`` (one
-        column each); returns the columns named by ``returns``, then a dict
-        ``{partition id: meta column}``.
-
-        Example:
-            >>> import torch, torch.fx
-            >>> from graphs.partition import Partition
-            >>> h = ExecutorHost("cpu")
-            >>> h.load(Partition(0, "cpu", torch.fx.symbolic_trace(lambda x: (x + 1,)), ("x",), ("y",)))
-            0
-            >>> h.load(Partition(1, "cpu", torch.fx.symbolic_trace(lambda y: (y * 2,)), ("y",), ("z",)))
-            1
-            >>> z, metas = h.run_chain(((0, ("x",), ("y",), ()), (1, ("y",), ("z",), ())), ("x",),
-            ...                        ("z",), (5,), None, [torch.ones(1)])
-            >>> z, sorted(metas)
-            ([tensor([4.])], [0, 1])
-        """
-        values = dict(zip(inputs, columns))
-        metas: dict[int, list] = {}
-        for pid, ins, outs, skip in steps:
-            cols = [values[n] for n in (*skip, *ins)]
-            got = self.run_group(pid, requests, select, len(skip), *cols)
-            if outs:
-                *out_cols, metas[pid] = got
-                values.update(zip(outs, out_cols))
-            else:
-                metas[pid] = got
-        return (*(values[n] for n in returns), metas) if returns else metas
+            raise ExecutorStateLost(
+                f"{self.device}: the column {ref.name!r} an earlier call left here is gone "
+                f"(the actor restarted?)") from None
 
     def unload(self, partition_id: int) -> None:
         """Unload a partition."""

@@ -169,11 +169,11 @@ def _is_infrastructure(err: BaseException) -> bool:
     except Exception:  # pragma: no cover
         return False
     infra = (rex.RayActorError, rex.ObjectLostError, rex.WorkerCrashedError)
-    from executors.errors import ExecutorError
+    from executors.errors import ExecutorError, ExecutorStateLost
 
     cause = err
     for _ in range(4):
-        if isinstance(cause, infra):
+        if isinstance(cause, infra) or isinstance(cause, ExecutorStateLost):
             return True
         if isinstance(cause, ExecutorError) and "is not loaded" in str(cause):
             return True
@@ -288,6 +288,7 @@ class Dispatcher:
         self._issuable = threading.Condition(self._lock)  # requests are waiting in _pending
         self._pending: list[_Request] = []  # admitted, not issued yet (coalescing under load)
         self._live_groups = 0  # issued groups not done yet
+        self._keep_ids = itertools.count()  # keys of columns kept in actors between calls
         #: phases issued after a gate's decision (hard members going on to other devices)
         self.continued = 0
         self._requests: dict[int, _Request] = {}
@@ -492,48 +493,41 @@ class Dispatcher:
                 lambda f, g=g, phase=phase, key=key: self._events.put((_EV_REF, g, phase, key, f)))
 
     def _issue_chain(self, g: _Group, stages: tuple, chain: list, rids: tuple, slots: list) -> None:
-        """Issue stages on one device, with their skip columns: one ``run_group`` call for
-        one stage, one ``run_chain`` call for several (caller holds the lock)."""
+        """Issue consecutive stages on one device, each with its skip columns (caller holds
+        the lock). A column one of them makes and a later one reads stays in the actor
+        (``keep=`` / :class:`~executors.ray_actor.Kept`), so the later call has no Ray
+        dependency on the earlier one: Ray sends it at once instead of after a round trip
+        through the driver, and a column nobody else reads (the hidden state) is not
+        shipped at all."""
+        from executors.ray_actor import Kept
+
         values = g.values
-        if len(chain) == 1:
-            idx, skip = chain[0]
+        inside = {idx for idx, _ in chain}
+        watched = set(self.output_names)
+        for e in self.exits:
+            watched.update((e.go, e.logits))
+        outside = watched | {n for j, st in enumerate(stages) if j not in inside for n in st.inputs}
+        key = (id(self), next(self._keep_ids)) if len(chain) > 1 else None
+        made: set[str] = set()
+        for k, (idx, skip) in enumerate(chain):
             st = stages[idx]
-            args = [values[n] for n in skip] + [values[n] for n in st.inputs]
-            out = self._method(st).remote(st.pid, rids, g.select, len(skip), *args)
+            args = [Kept(key, n) if n in made else values[n] for n in (*skip, *st.inputs)]
+            read_later = {n for j, s in chain[k + 1:] for n in (*s, *stages[j].inputs)}
+            keep = tuple(n for n in st.outputs if n in read_later)
+            opts = {}
+            if keep:
+                opts["keep"] = (key, keep, tuple(n for n in keep if n not in outside))
+            if key is not None and k == len(chain) - 1:
+                opts["drop"] = key
+            out = self._method(st).remote(st.pid, rids, g.select, len(skip), *args, **opts)
             if st.outputs:
                 *outs, meta = out
                 values.update(zip(st.outputs, outs))
             else:
                 meta = out
+            made.update(st.outputs)
             for s in slots:
                 g.members[s].meta_refs.append((st.pid, meta, s))
-            return
-        inside = {idx for idx, _ in chain}
-        made: list[str] = []
-        steps = []
-        for idx, skip in chain:
-            st = stages[idx]
-            steps.append((st.pid, st.inputs, st.outputs, skip))
-            made.extend(st.outputs)
-        produced = set(made)
-        inputs = tuple(dict.fromkeys(n for idx, skip in chain
-                                     for n in (*skip, *stages[idx].inputs) if n not in produced))
-        watched = set(self.output_names)
-        for e in self.exits:
-            watched.update((e.go, e.logits))
-        later = {n for j, st in enumerate(stages) if j not in inside for n in st.inputs}
-        returns = tuple(n for n in dict.fromkeys(made) if n in watched or n in later)
-        actor = self.actors[stages[chain[0][0]].device]
-        out = actor.run_chain.options(num_returns=len(returns) + 1).remote(
-            tuple(steps), inputs, returns, rids, g.select, *(values[n] for n in inputs))
-        if returns:
-            *outs, meta = out
-            values.update(zip(returns, outs))
-        else:
-            meta = out
-        for idx, _ in chain:
-            for s in slots:
-                g.members[s].meta_refs.append((stages[idx].pid, meta, s))
 
     def _method(self, st: Stage):
         """``run_group`` of the stage's actor with its number of returns (cached per actor
@@ -792,8 +786,6 @@ class Dispatcher:
                 got, complete = {}, True
                 for pid, ref, slot in metas:
                     col = columns.get(ref)
-                    if isinstance(col, dict):  # a run_chain call: one meta column per partition
-                        col = col.get(pid)
                     if col is None or slot >= len(col):
                         complete = False  # a lost record: no makespan for this request
                         continue

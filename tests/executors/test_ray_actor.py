@@ -166,3 +166,23 @@ def test_ping_answers_while_a_paced_run_is_busy(ray_session, pm, actors):
     r = ray.get(busy)
     assert r.duration == 1.0 and r.wall >= 1.0
     ray.get(a.unload.remote(p.id))
+
+
+def test_kept_columns_pass_between_calls_and_a_lost_one_is_state_lost():
+    from executors.errors import ExecutorStateLost
+    from executors.ray_actor import ExecutorHost, Kept
+    from graphs.partition import Partition
+
+    h = ExecutorHost("cpu")
+    h.load(Partition(0, "cpu", torch.fx.symbolic_trace(lambda x: (x * 3, x.sum() > 0)), ("x",), ("h", "go")))
+    h.load(Partition(1, "cpu", torch.fx.symbolic_trace(lambda h: (h + 1,)), ("h",), ("y",)))
+    xs = [torch.ones(2), -torch.ones(2)]
+    # the first call keeps h (not shipped: only the next call reads it) and ships go
+    h_col, go_col, meta = h.run_group(0, ("a", "b"), None, 0, xs, keep=("k", ("h",), ("h",)))
+    assert h_col is None and [bool(g) for g in go_col] == [True, False]
+    y, meta2 = h.run_group(1, ("a", "b"), None, 1, go_col, Kept("k", "h"), drop="k")
+    assert y[0] is None  # its gate passed: not run
+    torch.testing.assert_close(y[1], -torch.ones(2) * 3 + 1)
+    assert meta2[0] is None and meta2[1].request == "b"
+    with pytest.raises(ExecutorStateLost, match="'h' an earlier call left here is gone"):
+        h.run_group(1, ("a", "b"), None, 0, Kept("k", "h"))  # dropped after its last reader
