@@ -54,11 +54,17 @@ raised an ordinary exception.
 
 Early exits: with ``exits`` (see :mod:`scheduler.gated`) a group runs in *phases*. A
 phase issues the stages up to the next exit point (the partition holding a shallow path,
-its exit head and its gate) and watches only the gate's decisions and the exit logits.
-Members whose gate passes get the exit logits and touch no other device; the others go on
-together: the next phase is issued for them only (``select``) with the hidden state's
-object ref, so the deep path continues where the shallow path left off (the hidden state
-never visits the driver).
+its exit head and its gate), and with them the stages that follow on the *same device*
+(later exits there included), each filtered by the decision columns of the gates before
+it: the actor runs a stage only for the members no gate has let go, and the columns pass
+from call to call inside the actor (:class:`executors.ray_actor.Kept`), so these calls
+carry no Ray dependency and run back to back, without a round trip through the driver.
+The driver watches each gate's decisions and exit logits as they come back: members whose
+gate passes finish with the exit logits at once and touch no other device. Once every gate
+of the phase is decided, the members left either finish with the model's outputs (the
+phase reached the end) or go on together: the next phase is issued for them only
+(``select``) with the hidden state's object ref, so the deep path continues where the
+shallow path left off (the hidden state never visits the driver).
 The future of a completed request carries ``exit_depth`` (0: full model).
 
 The dispatcher knows nothing about models or policies: it gets :class:`Stage` records and
@@ -120,10 +126,11 @@ class _Group:
     values: dict = field(default_factory=dict)  # value name -> ObjectRef or inline column
     select: tuple | None = None  # slots still going on (None: all)
     cursor: int = 0  # index of the next stage to issue (phases with exits)
-    pending: dict = field(default_factory=dict)  # "gate" | "out" -> refs still awaited
+    pending: dict = field(default_factory=dict)  # part (gate index j, or "out") -> refs awaited
     got: dict = field(default_factory=dict)  # (part, index) -> fetched column
-    gate: Any = None  # the ExitPoint of the current phase (None: it ends at the model's outputs)
-    ahead: bool = False  # the phase also ran the rest of the model for its gate's hard members
+    gates: tuple = ()  # the ExitPoints of the current phase, in order
+    decided: int = 0  # how many of them the driver has decided on
+    ahead: bool = False  # the phase also ran the rest of the model for its gates' hard members
     dead: bool = False  # finished, or abandoned for a retry: its events are ignored
 
     def live(self) -> list[tuple[int, "_Request"]]:
@@ -437,44 +444,48 @@ class Dispatcher:
 
     def _issue_phase(self, g: _Group) -> None:
         """Submit the group's stages from ``g.cursor`` up to the next exit point (or the end)
-        and watch what decides its members: the gate's outputs, or the model's outputs
+        and watch what decides its members: the gates' outputs, or the model's outputs
         (caller holds the lock).
 
         After an exit point, the stages that follow on the *same device* are issued at once
-        too, with the gate's decision column as a filter: the actor runs them only for the
-        members whose gate did not pass, so hard members go on without waiting for the
-        driver, and no other device is touched before the driver has seen the decision."""
+        too, with the gates' decision columns as filters (later exits on that device add
+        theirs): the actor runs each only for the members no gate has let go, so hard
+        members go on without waiting for the driver, while no other device is touched
+        before the driver has seen the decisions."""
         values = g.values
         stages = self._routes[g.version].stages
         rids = tuple(r.rid for r in g.members)
         slots = [s for s, _ in g.live()]
 
-        i, exit_point, calls = g.cursor, None, []  # calls: (stage index, skip value names)
-        while i < len(stages) and exit_point is None:
+        i, gates, calls = g.cursor, [], []  # calls: (stage index, skip value names)
+        while i < len(stages) and not gates:
             calls.append((i, ()))
-            exit_point = self._exit_at.get(i)
+            if i in self._exit_at:
+                gates.append(self._exit_at[i])
             i += 1
         ahead = False
-        if exit_point is not None:
-            device = stages[i - 1].device
-            while i < len(stages) and stages[i].device == device and i not in self._exit_at:
-                calls.append((i, (exit_point.go,)))
+        if gates:
+            device, skip = stages[i - 1].device, (gates[0].go,)
+            while i < len(stages) and stages[i].device == device:
+                calls.append((i, skip))
+                if i in self._exit_at:  # a later exit on the same device: it filters too
+                    gates.append(self._exit_at[i])
+                    skip = (*skip, self._exit_at[i].go)
                 i += 1
-                ahead = i == len(stages)
-        # consecutive calls on one device go as one actor call: values pass in process
+            ahead = i == len(stages)
         chain: list = []
         for k, (idx, skip) in enumerate(calls):
             chain.append((idx, skip))
             if k + 1 == len(calls) or stages[calls[k + 1][0]].device != stages[idx].device:
                 self._issue_chain(g, stages, chain, rids, slots)
                 chain = []
-        g.cursor, g.gate, g.ahead, g.got = i, exit_point, ahead, {}
+        g.cursor, g.gates, g.decided, g.ahead, g.got = i, tuple(gates), 0, ahead, {}
         watch = []
-        if exit_point is not None:
-            watch += [(("gate", k), values[n]) for k, n in enumerate((exit_point.go, exit_point.logits))]
-        if exit_point is None or ahead:
+        for j, point in enumerate(gates):
+            watch += [((j, k), values[n]) for k, n in enumerate((point.go, point.logits))]
+        if not gates or ahead:
             watch += [(("out", k), values[n]) for k, n in enumerate(self.output_names)]
-        g.pending = {"gate": 0, "out": 0}
+        g.pending = {part: 0 for (part, _), _ in watch}
         refs = []
         for key, v in watch:
             if isinstance(v, self._ray.ObjectRef):
@@ -483,8 +494,8 @@ class Dispatcher:
             else:  # an output that is a model input (an inline column)
                 g.got[key] = v
         phase = g.cursor
-        for part in ("gate", "out"):
-            if any(k[0] == part for k, _ in watch) and not g.pending[part]:
+        for part, n in g.pending.items():
+            if not n:
                 self._events.put((_EV_READY, g, phase, part))
         # only these are watched: once they are ready every partition of the phase has run,
         # and the meta records are fetched later in batches (flush), off the request's path
@@ -592,25 +603,27 @@ class Dispatcher:
                 return
             g.got[key] = value
             g.pending[key[0]] -= 1
-            if g.pending[key[0]]:
+            if g.pending[key[0]] > 0:
                 return
         self._part_done(g, phase, key[0])
 
-    def _part_done(self, g: _Group, phase: int, part: str) -> None:
-        """Every watched column of one part of the group's phase is here. ``"gate"``: finish
-        the members whose gate passed (exit logits) or failed; the others are hard: they
-        go on in the next phase, or, when the phase ran ahead to the model's end, wait for
-        ``"out"``. ``"out"``: finish the members still carried with the model's outputs."""
+    def _part_done(self, g: _Group, phase: int, part: Any) -> None:
+        """Every watched column of one part of the group's phase is here: a gate (its index
+        in the phase) or ``"out"``. Gates are decided in order: members whose gate passed
+        finish with its exit logits (the rest stay carried); once every gate of the phase is
+        decided, the members left go on in the next phase or, when the phase ran ahead to
+        the model's end, finish with the model's outputs."""
         done: list[tuple[int, str, Any]] = []
         with self._lock:
             if g.dead or g.cursor != phase:
                 return
-            point, got = g.gate, g.got
-            live = g.live()
-            if part == "gate":
-                hard = []
-                for s, req in live:
-                    go, logits = got[("gate", 0)][s], got[("gate", 1)][s]
+            got = g.got
+            g.pending[part] = -1  # complete
+            while g.decided < len(g.gates) and g.pending.get(g.decided) == -1:
+                j = g.decided
+                point, hard = g.gates[j], []
+                for s, req in g.live():
+                    go, logits = got[(j, 0)][s], got[(j, 1)][s]
                     bad = go if isinstance(go, MemberError) else (
                         logits if isinstance(logits, MemberError) else None)
                     if bad is not None:
@@ -621,27 +634,24 @@ class Dispatcher:
                         done.append((req.rid, "exit", logits))
                     else:
                         hard.append(s)
-                g.gate = None  # decided: what remains of the phase is the model's outputs
+                g.select, g.decided = tuple(hard), j + 1
                 if not hard:
                     self._retire_group(g)
-                elif g.ahead:
-                    g.select = tuple(hard)  # their outputs are on the way (or here)
-                    if not g.pending["out"]:
-                        part, live = "out", [(s, g.members[s]) for s in hard]
-                else:
-                    g.select = tuple(hard)
+                    break
+            if not g.dead and g.decided == len(g.gates):
+                if g.gates and not g.ahead:
                     self.continued += 1
                     self._issue_phase(g)  # hard: continue from the hidden state's refs
-            if part == "out" and g.gate is None and not g.dead:
-                for s, req in live:
-                    vals = tuple(got[("out", k)][s] for k in range(len(self.output_names)))
-                    bad = next((v for v in vals if isinstance(v, MemberError)), None)
-                    if bad is not None:
-                        done.append((req.rid, "failed", self._member_failed(
-                            req, bad, "the model's outputs")))
-                    else:
-                        done.append((req.rid, "completed", vals))
-                self._retire_group(g)
+                elif g.pending.get("out") == -1:
+                    for s, req in g.live():
+                        vals = tuple(got[("out", k)][s] for k in range(len(self.output_names)))
+                        bad = next((v for v in vals if isinstance(v, MemberError)), None)
+                        if bad is not None:
+                            done.append((req.rid, "failed", self._member_failed(
+                                req, bad, "the model's outputs")))
+                        else:
+                            done.append((req.rid, "completed", vals))
+                    self._retire_group(g)
         for rid, status, value in done:
             if status == "completed":
                 try:
@@ -664,8 +674,8 @@ class Dispatcher:
         with self._lock:
             if g.dead or g.cursor != phase:
                 return
-            where = (f"the gate of the exit at depth {g.gate.depth}" if key[0] == "gate"
-                     else f"output {self.output_names[key[1]]!r}")
+            where = (f"output {self.output_names[key[1]]!r}" if key[0] == "out"
+                     else f"the gate of the exit at depth {g.gates[key[0]].depth}")
             for _, req in g.live():
                 if retry_ok and req.attempt < self.max_retries:
                     req.attempt += 1  # the group's late events are ignored from now on

@@ -155,6 +155,33 @@ def test_cascade_leaves_at_the_first_passing_exit(ray_session):
         assert len({f.exit_depth for f in futs}) >= 2, "thresholds should route requests differently"
 
 
+def test_a_cascade_on_one_device_decides_every_exit_without_a_round_trip(ray_session):
+    torch.manual_seed(0)
+    vit = ExitViT(depth=3).eval()
+    g = torch.Generator().manual_seed(4)
+    xs = [torch.randn(1, 1, 28, 28, generator=g) for _ in range(16)]
+    with torch.inference_mode():
+        c1 = torch.cat([_exit_ref(vit, x, 1).softmax(1).amax(1) for x in xs])
+        c2 = torch.cat([_exit_ref(vit, x, 2).softmax(1).amax(1) for x in xs])
+    cascade = Cascade({1: MaxSoftmaxGate(float(c1.quantile(0.7))),
+                       2: MaxSoftmaxGate(float(c2.quantile(0.5)))})
+    with Runtime(vit, xs[0], devices=["sim:jetson-orin-nx"], gate=cascade, pace=200.0,
+                 group_work=100.0) as rt:
+        futs = [rt.submit(x) for x in xs]
+        for x, f in zip(xs, futs):
+            ref = run_gated(vit, cascade, x)
+            torch.testing.assert_close(f.result(timeout=60), ref.logits)
+            assert f.exit_depth == int(ref.exit_depth)
+        assert len({f.exit_depth for f in futs}) == 3, "thresholds should use every path"
+        assert rt._dispatcher.continued == 0 and rt.stats().group_size > 1
+        # each request ran the segments up to where it left (all, if it did not), once each
+        ran = {}
+        for m in rt.measurements():
+            ran.setdefault(m.request, []).append(m.partition)
+        want = {1: [0], 2: [0, 1], 0: list(range(len(rt.partitioned.parts)))}
+        assert sorted(sorted(v) for v in ran.values()) == sorted(want[f.exit_depth] for f in futs)
+
+
 @pytest.mark.parametrize("kwargs, err, match", [
     (dict(gate=MaxSoftmaxGate(0.5)), RuntimeConfigError, r"needs exit_depth"),
     (dict(gate=MaxSoftmaxGate(0.5), exit_depth=7), RuntimeConfigError, r"no exit head at depth 7"),
