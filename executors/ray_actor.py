@@ -198,9 +198,8 @@ class ExecutorHost:
             >>> h.run_group(0, (7, 8), None, 1, [True, False], Kept("g1", "add"), drop="g1")[0]
             [None, tensor([3.])]
         """
-        n_out = len(self.executor.partition(partition_id).outputs)
         outputs = self.executor.partition(partition_id).outputs
-        n = len(requests)
+        n_out, n = len(outputs), len(requests)
         columns = tuple(self._kept(c) if isinstance(c, Kept) else c for c in columns)
         skips, columns = columns[:n_skip], columns[n_skip:]
         outs: list[list] = [[None] * n for _ in range(n_out)]

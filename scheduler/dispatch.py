@@ -273,6 +273,9 @@ class Dispatcher:
         self._wall: dict[int, float] = {pid: float(w) for pid, w in (call_wall or {}).items()
                                         if w is not None}
         self._exit_at = {e.stage: e for e in self.exits}
+        #: values the driver watches: the model's outputs and every exit's decision and logits
+        self._watched = frozenset(self.output_names).union(
+            *((e.go, e.logits) for e in self.exits))
         self._stage_of = {s.pid: s for s in self.stages}
         self._uses: dict[str, int] = {}
         for st in self.stages:
@@ -513,12 +516,12 @@ class Dispatcher:
         from executors.ray_actor import Kept
 
         values = g.values
-        inside = {idx for idx, _ in chain}
-        watched = set(self.output_names)
-        for e in self.exits:
-            watched.update((e.go, e.logits))
-        outside = watched | {n for j, st in enumerate(stages) if j not in inside for n in st.inputs}
-        key = (id(self), next(self._keep_ids)) if len(chain) > 1 else None
+        key, outside = None, frozenset()
+        if len(chain) > 1:  # what the driver or another call needs travels back as well
+            inside = {idx for idx, _ in chain}
+            outside = self._watched | {n for j, st in enumerate(stages) if j not in inside
+                                       for n in st.inputs}
+            key = (id(self), next(self._keep_ids))
         made: set[str] = set()
         for k, (idx, skip) in enumerate(chain):
             st = stages[idx]

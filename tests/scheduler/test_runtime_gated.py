@@ -33,6 +33,25 @@ def _exit_ref(model, x, depth):
         return model.exit_logits(model.forward_until(x, depth), depth)
 
 
+def _serve_and_check(rt, model, gate, xs, **kw) -> list[int]:
+    """Submit ``xs`` at once; every answer and exit depth must equal local ``run_gated``.
+    Returns the exit depths (0: the full model)."""
+    futs = [rt.submit(x) for x in xs]
+    for x, f in zip(xs, futs):
+        ref = run_gated(model, gate, x, **kw)
+        torch.testing.assert_close(f.result(timeout=60), ref.logits)
+        assert f.exit_depth == int(ref.exit_depth)
+    return [f.exit_depth for f in futs]
+
+
+def _partitions_run(rt) -> list[list[int]]:
+    """The sorted partition ids each request ran (from the measurements), sorted."""
+    ran: dict = {}
+    for m in rt.measurements():
+        ran.setdefault(m.request, []).append(m.partition)
+    return sorted(sorted(v) for v in ran.values())
+
+
 def test_threshold_zero_every_request_exits_on_the_shallow_device_only(ray_session, cnn, xs):
     # round-robin spreads the combined graph, so the deep path lands on other devices
     with Runtime(cnn, xs[0], devices=TRIO, policy="round-robin", gate=MaxSoftmaxGate(0.0),
@@ -84,51 +103,35 @@ def test_mixed_routing_matches_the_gates_own_decisions(ray_session, cnn, xs):
         seg = rt.partitioned.parts[0]
         assert {p.device for p in rt.partitioned.parts[1:]} - {seg.device}, \
             "test needs deep partitions on another device"
-        futs = [rt.submit(x) for x in xs]
-        for x, f in zip(xs, futs):
-            ref = run_gated(cnn, gate, x, depth=1)
-            torch.testing.assert_close(f.result(timeout=60), ref.logits)
-            assert f.exit_depth == int(ref.exit_depth)
-        paths = [f.exit_depth for f in futs]
+        paths = _serve_and_check(rt, cnn, gate, xs, depth=1)
         assert 0 < sum(1 for p in paths if p) < len(xs)
         st = rt.stats()
         assert st.group_size > 1
         # hard requests went on to the deep path's devices after the driver saw the gate
         assert rt._dispatcher.continued >= 1
         # every request ran the segment once, and the hard ones the deep path once
-        ran = {}
-        for m in rt.measurements():
-            ran.setdefault(m.request, []).append(m.partition)
-        n_parts = len(rt.partitioned.parts)
-        assert sorted(len(v) for v in ran.values()) == sorted(
-            1 if p else n_parts for p in paths)
+        every = list(range(len(rt.partitioned.parts)))
+        assert _partitions_run(rt) == sorted([0] if p else every for p in paths)
         assert st.exit_rate == pytest.approx(sum(1 for p in paths if p) / len(xs))
         assert set(st.latency_by_path) == {"exit@1", "full"}
 
 
 def test_deep_path_on_the_shallow_device_goes_on_inside_the_actor(ray_session, cnn, xs):
-    """With the whole model on one device, a group runs its shallow path and, for the members
-    whose gate did not pass, the deep path in one actor call: no second phase from the
-    driver, every partition run once per request that needs it, results as run_gated."""
+    """With the whole model on one device, a group's deep call is sent with its shallow one
+    (filtered by the gate's decisions, the hidden state kept in the actor): no second phase
+    from the driver, every partition run once per request that needs it, results as
+    run_gated."""
     with torch.inference_mode():
         conf = torch.cat([_exit_ref(cnn, x, 1).softmax(1).amax(1) for x in xs])
     gate = MaxSoftmaxGate(float(conf.median()))
     with Runtime(cnn, xs[0], devices=["sim:atlas-200i-a2"], gate=gate, exit_depth=1,
                  pace=500.0, group_work=1.0) as rt:
         assert len({p.device for p in rt.partitioned.parts}) == 1
-        futs = [rt.submit(x) for x in xs]
-        for x, f in zip(xs, futs):
-            ref = run_gated(cnn, gate, x, depth=1)
-            torch.testing.assert_close(f.result(timeout=60), ref.logits)
-            assert f.exit_depth == int(ref.exit_depth)
-        paths = [f.exit_depth for f in futs]
+        paths = _serve_and_check(rt, cnn, gate, xs, depth=1)
         assert 0 < sum(1 for p in paths if p) < len(xs)
         assert rt._dispatcher.continued == 0 and rt.stats().group_size > 1
-        ran = {}
-        for m in rt.measurements():
-            ran.setdefault(m.request, []).append(m.partition)
-        n_parts = len(rt.partitioned.parts)
-        assert sorted(len(v) for v in ran.values()) == sorted(1 if p else n_parts for p in paths)
+        every = list(range(len(rt.partitioned.parts)))
+        assert _partitions_run(rt) == sorted([0] if p else every for p in paths)
         st = rt.stats()
         assert st.exit_rate == pytest.approx(sum(1 for p in paths if p) / len(xs))
         # compute saved counts only what ran: easy requests the segment, hard ones all
@@ -167,19 +170,12 @@ def test_a_cascade_on_one_device_decides_every_exit_without_a_round_trip(ray_ses
                        2: MaxSoftmaxGate(float(c2.quantile(0.5)))})
     with Runtime(vit, xs[0], devices=["sim:jetson-orin-nx"], gate=cascade, pace=200.0,
                  group_work=100.0) as rt:
-        futs = [rt.submit(x) for x in xs]
-        for x, f in zip(xs, futs):
-            ref = run_gated(vit, cascade, x)
-            torch.testing.assert_close(f.result(timeout=60), ref.logits)
-            assert f.exit_depth == int(ref.exit_depth)
-        assert len({f.exit_depth for f in futs}) == 3, "thresholds should use every path"
+        paths = _serve_and_check(rt, vit, cascade, xs)
+        assert len(set(paths)) == 3, "thresholds should use every path"
         assert rt._dispatcher.continued == 0 and rt.stats().group_size > 1
         # each request ran the segments up to where it left (all, if it did not), once each
-        ran = {}
-        for m in rt.measurements():
-            ran.setdefault(m.request, []).append(m.partition)
         want = {1: [0], 2: [0, 1], 0: list(range(len(rt.partitioned.parts)))}
-        assert sorted(sorted(v) for v in ran.values()) == sorted(want[f.exit_depth] for f in futs)
+        assert _partitions_run(rt) == sorted(want[p] for p in paths)
 
 
 @pytest.mark.parametrize("kwargs, err, match", [
