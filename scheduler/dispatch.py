@@ -410,9 +410,9 @@ class Dispatcher:
                 self.recorder.add_group(len(members))
 
     def group_window(self) -> int:
-        """Groups in flight at once before new requests wait to be coalesced: two per
-        partition of the current route (one running on each device, one queued behind)."""
-        return 2 * max(1, len(self.stages))
+        """Groups in flight at once before new requests wait to be coalesced: two per device
+        of the current route (one running on each device, one queued behind it)."""
+        return 2 * max(1, len({s.device for s in self.stages}))
 
     def _retire_group(self, g: _Group) -> None:
         """The group is done (or abandoned): drop its refs, free its place in the window
