@@ -20,7 +20,6 @@ Example:
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -40,8 +39,8 @@ class ExecutionResult:
     Example:
         >>> r = ExecutionResult(outputs=(1,), device="cpu", partition=0, start=0.0,
         ...                     duration=0.5, wall=0.5)
-        >>> r.without_outputs().outputs, r.end
-        ((), 0.5)
+        >>> r.outputs, r.end
+        ((1,), 0.5)
     """
 
     outputs: tuple  # the partition's outputs in Partition.outputs order (CPU or meta tensors)
@@ -58,10 +57,6 @@ class ExecutionResult:
     def end(self) -> float:
         """``start + duration`` (wall clock seconds)."""
         return self.start + self.duration
-
-    def without_outputs(self) -> "ExecutionResult":
-        """The same result with ``outputs=()`` (metadata only, cheap to ship)."""
-        return dataclasses.replace(self, outputs=())
 
 
 @dataclass(frozen=True)

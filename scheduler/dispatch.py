@@ -73,6 +73,7 @@ actor handles, and the runtime tells it how to rebuild an output (``assemble``).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import heapq
 import itertools
 import queue
@@ -150,6 +151,12 @@ class _Route:
     dag: Any = None  # partition DAG (pids) for a request's simulated makespan
     transfer: Any = None  # transfer(u, v) seconds between partitions
     retired: bool = False  # drained and unloaded; kept for late measurements
+
+    @functools.cached_property
+    def window(self) -> int:
+        """Groups in flight at once before new requests wait to be coalesced: two per
+        device (one running on each device, one queued behind it)."""
+        return 2 * max(1, len({s.device for s in self.stages}))
 
 
 def _uses(stages) -> dict:
@@ -319,7 +326,8 @@ class Dispatcher:
 
     # ------------------------------------------------------------------- submit
     def submit(self, inputs: tuple, request_timeout: float | None = None) -> cf.Future:
-        """Issue every partition call of one request; return the future of its result.
+        """Admit one request and return the future of its result: issued at once when the
+        dispatcher is idle, else queued for the issuer thread to send in a group.
 
         ``request_timeout`` overrides the dispatcher's for this request."""
         if self._closed:
@@ -397,8 +405,8 @@ class Dispatcher:
                     f"request {rid}: issuing its partition calls failed: {error}", error))
 
     def _issue(self, reqs: Sequence[_Request]) -> None:
-        """Issue ``reqs`` (admitted, not issued) in groups of up to ``max_group`` requests
-        of one plan version each (caller holds the lock)."""
+        """Issue ``reqs`` (admitted, not issued) in groups of up to :meth:`group_cap`
+        requests of one plan version each (caller holds the lock)."""
         by_version: dict[int, list[_Request]] = {}
         for r in reqs:
             by_version.setdefault(r.version, []).append(r)
@@ -410,9 +418,9 @@ class Dispatcher:
                 self.recorder.add_group(len(members))
 
     def group_window(self) -> int:
-        """Groups in flight at once before new requests wait to be coalesced: two per device
-        of the current route (one running on each device, one queued behind it)."""
-        return 2 * max(1, len({s.device for s in self.stages}))
+        """Groups in flight at once before new requests wait to be coalesced: the current
+        route's :attr:`_Route.window`."""
+        return self._routes[self.version].window
 
     def _retire_group(self, g: _Group) -> None:
         """The group is done (or abandoned): drop its refs, free its place in the window
