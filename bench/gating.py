@@ -1,7 +1,7 @@
 """Early-exit gating on Fashion-MNIST: accuracy against counted compute and measured wall time.
 
-Trains (or loads from ``.cache/gating/``) a CNN with three exits and a ViT with an exit after
-every block on the 55k training split, fits the learned gates on training inputs without
+Trains (or loads from ``.cache/gating/``) two CNNs with three exits (a small one and one with
+wider later stages) and a ViT with an exit after every block on the 55k training split, fits the learned gates on training inputs without
 labels (self-distillation), calibrates every gate's threshold on the 5k validation split
 only (Learn-then-Test fixed-sequence testing with a Clopper-Pearson bound; budget: accuracy
 >= 99.5 % of the full model's), and reports on the 10k test set:
@@ -13,11 +13,12 @@ only (Learn-then-Test fixed-sequence testing with a Clopper-Pearson bound; budge
   path from the shallow hidden state for hard inputs) against the full model, medians of
   repeated interleaved runs; and through ``Runtime.submit`` (gated against ungated
   runtime), as a stream of requests and one request at a time;
-* how often the budget holds on test across random subsets of the validation split.
+* how often the budget holds on test across random subsets of the validation split, and
+  across random halves of the test set (calibrate on one, measure on the other).
 
 Writes the ``gating`` section of docs/benchmarks.md and docs/gating.png.
 
-Usage: ``python bench/gating.py [--quick] [--train-only] [--wall-samples N] [--boot N]``
+Usage: ``python bench/gating.py [--quick] [--train-only] [--models cnn,cnn-wide,vit] [--wall-samples N] [--boot N]``
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ from policies.gating.train import TrainConfig, evaluate_exits, load_or_train  # 
 
 CONFIGS = {
     "cnn": TrainConfig("cnn", epochs=4, lr=3e-3),
+    # the same architecture with wider later stages (stage 1 and the exit heads unchanged)
+    "cnn-wide": TrainConfig("cnn", model_kwargs=(("channels", (16, 64, 128, 192)),), epochs=4, lr=3e-3),
     "vit": TrainConfig("vit", model_kwargs=(("patch", 7), ("dim", 64), ("depth", 6)), epochs=6, lr=2e-3),
 }
 # --smoke: the same pipeline on tiny, briefly trained models (checks the code path; numbers meaningless)
@@ -84,6 +87,26 @@ def evaluate(first, feats, logits, y, costs, gates: Cascade, gflops):
     flops = torch.tensor(per_exit, dtype=torch.float64)[first]
     return {"acc": (pred == y).double().mean().item(), "exit_rate": (first < k).double().mean().item(),
             "flops": flops.mean().item()}
+
+
+def exchangeable_held(s_test, tl, y, losses, rounds: int) -> float:
+    """How often the certified budget holds when calibration and evaluation data are
+    exchangeable by construction: calibrate on a random half of the test set, measure the
+    harm on the other half (``rounds`` random splits). Separates the method's guarantee from
+    any shift between the validation split (carved from Fashion-MNIST's training file) and
+    the test file."""
+    g = torch.Generator().manual_seed(2)
+    n, ok = y.shape[0], 0
+    for _ in range(rounds):
+        p = torch.randperm(n, generator=g)
+        a, b = p[:n // 2], p[n // 2:]
+        bud = budget_for_ratio((tl[-1][a].argmax(1) == y[a]).double().mean().item(), RATIO)
+        c = calibrate_cascade([s[a] for s in s_test], [l_[a] for l_ in losses], bud, DELTA, BOUND)
+        first = cascade_route([s[b] for s in s_test], c.threshold)
+        stay = torch.zeros_like(y[b])  # a sample that does not exit loses nothing
+        harm = torch.stack([l_[b] for l_ in losses] + [stay]).gather(0, first[None]).double().mean()
+        ok += int(harm.item() <= bud)
+    return ok / rounds
 
 
 def make_cascade(kind, model, depths, train_feats, train_logits):
@@ -212,8 +235,16 @@ def main() -> None:
     ap.add_argument("--gate-train", type=int, default=20000, help="unlabeled training inputs for learned gates")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="tiny models, few samples, nothing written")
+    ap.add_argument("--models", default=",".join(CONFIGS),
+                    help=f"comma-separated subset of {', '.join(CONFIGS)} (a subset writes nothing)")
     args = ap.parse_args()
-    configs = CONFIGS
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    bad = [n for n in names if n not in CONFIGS]
+    if bad or not names:
+        ap.error(f"unknown model(s) {', '.join(bad) or '(none given)'}; valid choices: {', '.join(CONFIGS)}")
+    configs = {n: CONFIGS[n] for n in names}
+    if set(names) != set(CONFIGS):
+        args.no_write = True
     if args.smoke:
         configs, args.no_write = SMOKE, True
         args.wall_samples, args.boot, args.gate_train = 50, 5, 2000
@@ -263,7 +294,7 @@ def main() -> None:
             gfl = [gate_flops(g, vf[i][:1], vl[i][:1]) for i, g in enumerate(gates.gates.values())]
             label = f"{kind} @{','.join(map(str, ds))}"
             if kind == "oracle":
-                threshold, held, acc_held = 0.5, "-", "-"
+                threshold, held, acc_held, held_x = 0.5, "-", "-", "-"
                 s_test = gate_scores(gates, tf_, tl, labels=te.y)
             else:
                 s_val = gate_scores(gates, vf, vl)
@@ -289,6 +320,7 @@ def main() -> None:
                     acc_ok += int(r["acc"] >= RATIO * full_test)
                 held = f"{ok / args.boot:.0%}"
                 acc_held = f"{acc_ok / args.boot:.0%}"
+                held_x = f"{exchangeable_held(s_test, tl, te.y, tl_losses, args.boot):.0%}"
             first = cascade_route(s_test, threshold)
             r = evaluate(first, tf_, tl, te.y, costs, gates, gfl)
             gates.set_threshold(threshold)
@@ -317,7 +349,7 @@ def main() -> None:
                                  f"vs {1e3 * w['inproc_full']:.3f} ms)")
             row = [label, f"{threshold:.4g}", f"{r['exit_rate']:.1%}", f"{r['acc']:.2%}",
                    f"{r['acc'] / full_test:.2%}", f"{1 - r['flops'] / costs.full:.1%}", wall, rt_inproc,
-                   rt_stream, rt_sync, held, acc_held, mismatch]
+                   rt_stream, rt_sync, held, held_x, acc_held, mismatch]
             # sweep thresholds on test for the accuracy-compute curve
             allsc = torch.cat(s_test).unique()
             qs = allsc if allsc.numel() <= 60 else torch.quantile(allsc, torch.linspace(0, 1, 60, dtype=torch.float64))
@@ -344,7 +376,8 @@ def main() -> None:
                      "wall saved, the runtime's partitions in process, no Ray (per request)",
                      "wall saved via Runtime.submit, stream (per request: gated vs full)",
                      "wall saved via Runtime.submit, one at a time (per request: gated vs full)",
-                     "budget held (harm)", "acc >= 99.5 % full", "route mismatches"], rows))
+                     "budget held (harm)", "budget held, test halves (exchangeable)",
+                     "acc >= 99.5 % full", "route mismatches"], rows))
     body.append(
         "Compute saved counts the stages run, every exit head evaluated (including on inputs that go on) "
         "and the gates' own FLOPs (matmuls/convs counted by FlopCounterMode; softmax and pooling are not "
@@ -353,7 +386,16 @@ def main() -> None:
         f"{args.boot} random 80 % subsets of the validation split (drawn without replacement) whose recalibrated "
         "threshold keeps the test harm rate within that calibration's budget (the certified quantity; "
         "delta = 0.1 allows up to 10 % failures), "
-        "and the fraction whose test accuracy is >= 99.5 % of full. The hindsight column picks the threshold on "
+        "and the fraction whose test accuracy is >= 99.5 % of full. Budget held, test halves: the same "
+        f"calibration on a random half of the test set, the harm measured on the other half ({args.boot} splits): "
+        "calibration and evaluation data exchangeable by construction, so this column shows the method's own "
+        "guarantee (about 90 % or more, up to the noise of measuring a 5k half against the budget); a gate that holds "
+        "here but not in the previous column is sensitive to a shift between the validation split (carved from "
+        "Fashion-MNIST's training file) and the test file, which the guarantee does not cover. "
+        "The two CNNs share the architecture: `cnn` is small (about 0.4 ms a request at batch 1 here), `cnn-wide` "
+        "widens stages 2-4 (stage 1 and the exit heads are the same). On the small one, fixed costs per call "
+        "(Python per op, Ray per request) are a large share of the shallow path's time, so the wall time saved "
+        "falls well short of the compute saved; on the wider one compute dominates. The hindsight column picks the threshold on "
         "the test set itself (not a valid method; it shows how much a gate's score could give). Route mismatches: inputs whose exit in "
         "batched `run_gated` differs from the offline routing (must be 0). The oracle exits exactly where the "
         "exit is right; it reads labels and is a ceiling, not a gate. "
