@@ -112,25 +112,16 @@ class ExitModel(nn.Module):
 
     def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits of every exit (ascending depth) followed by the final logits."""
-        self._check_input(x)
-        outs, depths = [], set(self.exit_depths)
-        for d, stage in enumerate(self.stages, start=1):
-            x = stage(x)
-            if d in depths:
-                outs.append(self.exits[str(d)](x))
-        outs.append(self.head(x))
-        return outs
+        return self.forward_hidden(x)[1]
 
     def forward_hidden(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """``(hiddens at exit depths, logits of every exit + final)`` in one pass."""
-        self._check_input(x)
-        hid, outs, depths = [], [], set(self.exit_depths)
-        for d, stage in enumerate(self.stages, start=1):
-            x = stage(x)
-            if d in depths:
-                hid.append(x)
-                outs.append(self.exits[str(d)](x))
-        outs.append(self.head(x))
+        h, done, hid, outs = self.forward_until(x, 0), 0, [], []
+        for d in self.exit_depths:
+            h, done = self.run_stages(h, done, d), d
+            hid.append(h)
+            outs.append(self.exits[str(d)](h))
+        outs.append(self.forward_from(h, done))
         return hid, outs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from graphs.models import PanguEmbedded
+from graphs.vision import ExitModel, ExitModelError
 
 from .gates import GatingError
 
@@ -33,8 +34,9 @@ class _LMHead(nn.Module):
         return self.lm_head(self.norm(x))
 
 
-class DecoderExits(nn.Module):
-    """A decoder with exit heads after chosen layers, in the exit-model interface.
+class DecoderExits(ExitModel):
+    """A decoder with exit heads after chosen layers, in the exit-model interface (an
+    :class:`graphs.vision.ExitModel` whose stages take rotary embeddings).
 
     Hidden states are ``(batch, seq, hidden)``; inputs are token ids ``(batch, seq)``.
 
@@ -62,14 +64,6 @@ class DecoderExits(nn.Module):
         self.exits = nn.ModuleDict({str(d): make() for d in sorted(set(depths))})
         self.num_classes = model.config.vocab
 
-    @property
-    def num_stages(self) -> int:
-        return len(self.stages)
-
-    @property
-    def exit_depths(self) -> list[int]:
-        return sorted(int(k) for k in self.exits.keys())
-
     def _rope(self, t: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.model.config
         inv = 1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2, device=device, dtype=torch.float32) / c.head_dim))
@@ -77,9 +71,11 @@ class DecoderExits(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def _check_depth(self, depth: int) -> None:
-        if not isinstance(depth, int) or not 0 <= depth <= self.num_stages:
-            raise GatingError(f"depth {depth!r} out of range; valid depths are 0..{self.num_stages}")
+    def _check_depth(self, depth: int, exit_needed: bool = False) -> None:
+        try:
+            super()._check_depth(depth, exit_needed)
+        except ExitModelError as e:  # the decoder's errors are the gating policy's
+            raise GatingError(str(e)) from None
 
     def run_stages(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Layers ``start .. stop-1`` applied to the hidden states after ``start`` layers."""
@@ -95,28 +91,6 @@ class DecoderExits(nn.Module):
                               f"{tuple(input_ids.shape)} {input_ids.dtype}")
         self._check_depth(depth)
         return self.run_stages(self.model.embed_tokens(input_ids), 0, depth)
-
-    def forward_from(self, hidden: torch.Tensor, depth: int) -> torch.Tensor:
-        """Final logits from the hidden states after ``depth`` layers."""
-        self._check_depth(depth)
-        return self.head(self.run_stages(hidden, depth, self.num_stages))
-
-    def exit_logits(self, hidden: torch.Tensor, depth: int) -> torch.Tensor:
-        """Logits of the exit after layer ``depth``."""
-        if depth not in self.exit_depths:
-            raise GatingError(f"no exit head at depth {depth!r}; exits at {self.exit_depths}")
-        return self.exits[str(depth)](hidden)
-
-    def forward_all(self, input_ids: torch.Tensor) -> list[torch.Tensor]:
-        """Logits of every exit (ascending depth), then the final logits."""
-        h, done, outs = None, 0, []
-        h = self.forward_until(input_ids, 0)
-        for d in self.exit_depths:
-            h = self.run_stages(h, done, d)
-            done = d
-            outs.append(self.exit_logits(h, d))
-        outs.append(self.forward_from(h, done))
-        return outs
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.forward_from(self.forward_until(input_ids, 0), 0)
