@@ -1,8 +1,11 @@
-"""Reference model: an openPangu-Embedded-style decoder with named configs.
+"""Reference decoders: openPangu-Embedded-style and Llama-style, one module, named configs.
 
-The architecture is a pre-norm decoder-only transformer as described for
-openPangu-Embedded-1B: RMSNorm, grouped-query attention (GQA) with rotary position
-embeddings and biased q/k/v projections, a SiLU-gated MLP, and an untied ``lm_head``.
+The architecture is a pre-norm decoder-only transformer: RMSNorm, grouped-query attention
+(GQA) with rotary position embeddings, a SiLU-gated MLP and an ``lm_head``. One
+:class:`DecoderConfig` covers both families: openPangu-Embedded-1B has biased q/k/v
+projections and an untied ``lm_head``; Llama-family models (SmolLM2) have no q/k/v bias
+and may tie ``lm_head`` to the embedding (``tie_embeddings``), with their own rotary base
+and norm epsilon. Real weights load from a GGUF file with :func:`graphs.gguf.load_gguf`.
 It is written with plain torch ops and :func:`torch.nn.functional.scaled_dot_product_attention`
 so that :func:`torch.fx.symbolic_trace` captures it; the norms are :class:`torch.nn.RMSNorm`
 (an fx leaf module, so each norm is one ``"norm"`` op in a captured graph).
@@ -16,6 +19,11 @@ Named configs (see :func:`configs`):
 * ``small``: 4 layers, hidden 256, 4/2 heads of dim 64, vocabulary 4096.
 * ``tiny``: 2 layers, hidden 64, 4/2 heads of dim 16, vocabulary 256 (runs in
   milliseconds on a CPU; for tests).
+* ``smollm2-135m``: SmolLM2-135M(-Instruct), Llama-style: 30 layers, hidden 576, 9 query
+  and 3 KV heads of dim 64, MLP 1536, vocabulary 49152, context 8192, rotary base 1e5,
+  eps 1e-5, no q/k/v bias, tied embeddings. Random weights from this config; the real
+  ones come with :func:`graphs.gguf.load_gguf`.
+* ``tiny-llama``: ``tiny`` in the Llama style (no bias, tied embeddings), for tests.
 
 KV cache and decode. ``forward(input_ids, past_keys=None, past_values=None)``: without a
 cache it runs a causal prefill over ``input_ids``; with one, ``past_keys``/``past_values``
@@ -44,12 +52,12 @@ from torch import nn
 
 from .errors import UnknownNameError
 
-__all__ = ["PanguConfig", "PanguEmbedded", "configs", "get_config", "pangu_embedded",
+__all__ = ["DecoderConfig", "Decoder", "PanguConfig", "PanguEmbedded", "configs", "get_config", "pangu_embedded", "decoder",
            "example_inputs", "decode_inputs", "param_count", "prefill_flops", "decode_flops"]
 
 
 @dataclass(frozen=True)
-class PanguConfig:
+class DecoderConfig:
     """Hyper-parameters of the decoder (all sizes in elements, not bytes).
 
     Example:
@@ -70,6 +78,7 @@ class PanguConfig:
     rope_theta: float = 10000.0  # rotary base (assumed)
     norm_eps: float = 1e-6  # RMSNorm epsilon (assumed)
     qkv_bias: bool = True  # q, k, v projections have a bias; o_proj and the MLP have none
+    tie_embeddings: bool = False  # lm_head shares the embedding's weight (Llama/SmolLM2 style)
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -80,6 +89,18 @@ class PanguConfig:
         """The config as a plain dict (for JSON graph attributes)."""
         return asdict(self)
 
+    def kv_bytes_per_token(self, itemsize: int = 4) -> int:
+        """Bytes of KV cache one token adds over all layers: ``2 * L * K * d * itemsize``.
+
+        Example:
+            >>> get_config("smollm2-135m").kv_bytes_per_token(itemsize=4)
+            46080
+        """
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * int(itemsize)
+
+
+#: The historical name of :class:`DecoderConfig` (kept for existing code).
+PanguConfig = DecoderConfig
 
 _CONFIGS = {
     "tiny": PanguConfig("tiny", num_layers=2, hidden=64, num_heads=4, num_kv_heads=2,
@@ -88,6 +109,14 @@ _CONFIGS = {
                          head_dim=64, intermediate=768, vocab=4096, max_position=2048),
     "1b": PanguConfig("1b", num_layers=26, hidden=1536, num_heads=12, num_kv_heads=6,
                       head_dim=128, intermediate=6144, vocab=153376, max_position=32768),
+    "smollm2-135m": DecoderConfig("smollm2-135m", num_layers=30, hidden=576, num_heads=9,
+                                  num_kv_heads=3, head_dim=64, intermediate=1536, vocab=49152,
+                                  max_position=8192, rope_theta=100000.0, norm_eps=1e-5,
+                                  qkv_bias=False, tie_embeddings=True),
+    "tiny-llama": DecoderConfig("tiny-llama", num_layers=2, hidden=64, num_heads=4, num_kv_heads=2,
+                                head_dim=16, intermediate=128, vocab=256, max_position=512,
+                                rope_theta=100000.0, norm_eps=1e-5, qkv_bias=False,
+                                tie_embeddings=True),
 }
 
 
@@ -96,7 +125,7 @@ def configs() -> tuple[str, ...]:
 
     Example:
         >>> configs()
-        ('tiny', 'small', '1b')
+        ('tiny', 'small', '1b', 'smollm2-135m', 'tiny-llama')
     """
     return tuple(_CONFIGS)
 
@@ -110,9 +139,9 @@ def get_config(name: str) -> PanguConfig:
         >>> get_config("7b")
         Traceback (most recent call last):
         ...
-        graphs.errors.UnknownNameError: unknown model config '7b'; valid choices: 1b, small, tiny
+        graphs.errors.UnknownNameError: unknown model config '7b'; valid choices: 1b, small, smollm2-135m, tiny, tiny-llama
     """
-    if isinstance(name, PanguConfig):
+    if isinstance(name, DecoderConfig):
         return name
     if name not in _CONFIGS:
         raise UnknownNameError("model config", name, _CONFIGS)
@@ -127,7 +156,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class Attention(nn.Module):
     """GQA self-attention with rotary embeddings and an optional KV cache."""
 
-    def __init__(self, c: PanguConfig):
+    def __init__(self, c: DecoderConfig):
         super().__init__()
         self.c = c
         self.q_proj = nn.Linear(c.hidden, c.num_heads * c.head_dim, bias=c.qkv_bias)
@@ -158,7 +187,7 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SiLU-gated MLP: ``down(silu(gate(x)) * up(x))``."""
 
-    def __init__(self, c: PanguConfig):
+    def __init__(self, c: DecoderConfig):
         super().__init__()
         self.gate_proj = nn.Linear(c.hidden, c.intermediate, bias=False)
         self.up_proj = nn.Linear(c.hidden, c.intermediate, bias=False)
@@ -171,7 +200,7 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     """Pre-norm block: ``x + attn(norm(x))`` then ``x + mlp(norm(x))``."""
 
-    def __init__(self, c: PanguConfig):
+    def __init__(self, c: DecoderConfig):
         super().__init__()
         self.input_layernorm = nn.RMSNorm(c.hidden, eps=c.norm_eps)
         self.self_attn = Attention(c)
@@ -183,8 +212,13 @@ class DecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class PanguEmbedded(nn.Module):
+class Decoder(nn.Module):
     """The decoder; ``forward(input_ids, past_keys=None, past_values=None) -> logits``.
+
+    With ``config.tie_embeddings`` the ``lm_head`` weight *is* the embedding's (one
+    parameter, counted once). Generation with per-sequence KV caches goes through
+    :mod:`graphs.decoding` (:class:`graphs.decoding.DecoderShard`), which runs the same
+    submodules.
 
     Example:
         >>> m = pangu_embedded("tiny", device="meta")
@@ -192,7 +226,7 @@ class PanguEmbedded(nn.Module):
         torch.Size([1, 8, 256])
     """
 
-    def __init__(self, config: PanguConfig):
+    def __init__(self, config: DecoderConfig):
         super().__init__()
         self.config = config
         c = config
@@ -200,6 +234,8 @@ class PanguEmbedded(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_layers))
         self.norm = nn.RMSNorm(c.hidden, eps=c.norm_eps)
         self.lm_head = nn.Linear(c.hidden, c.vocab, bias=False)
+        if c.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
 
     def forward(self, input_ids, past_keys=None, past_values=None):
         c = self.config
@@ -222,8 +258,12 @@ class PanguEmbedded(nn.Module):
         return self.lm_head(self.norm(x))
 
 
+#: The historical name of :class:`Decoder` (kept for existing code).
+PanguEmbedded = Decoder
+
+
 def pangu_embedded(name: str = "tiny", device: str | torch.device = "cpu",
-                   dtype: torch.dtype = torch.float32, seed: int | None = 0) -> PanguEmbedded:
+                   dtype: torch.dtype = torch.float32, seed: int | None = 0) -> Decoder:
     """Build the named config's model; its config is ``model.config``.
 
     On ``device="meta"`` no weights are allocated, so the full ``1b`` config costs no memory
@@ -239,10 +279,21 @@ def pangu_embedded(name: str = "tiny", device: str | torch.device = "cpu",
     if seed is not None and torch.device(device).type != "meta":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return PanguEmbedded(c).to(device=device, dtype=dtype).eval()
+            return Decoder(c).to(device=device, dtype=dtype).eval()
     with torch.device(device):
-        model = PanguEmbedded(c)
+        model = Decoder(c)
     return model.to(dtype=dtype).eval()
+
+
+def decoder(name: str = "tiny", device: str | torch.device = "cpu",
+            dtype: torch.dtype = torch.float32, seed: int | None = 0) -> Decoder:
+    """Build any named decoder config (random weights); the same as :func:`pangu_embedded`.
+
+    Example:
+        >>> m = decoder("tiny-llama"); m.lm_head.weight is m.embed_tokens.weight
+        True
+    """
+    return pangu_embedded(name, device=device, dtype=dtype, seed=seed)
 
 
 def _device_of(model: nn.Module, device) -> torch.device:
@@ -252,7 +303,7 @@ def _device_of(model: nn.Module, device) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def example_inputs(model: PanguEmbedded, batch: int = 1, seq_len: int = 128,
+def example_inputs(model: Decoder, batch: int = 1, seq_len: int = 128,
                    device: str | torch.device | None = None) -> tuple[torch.Tensor]:
     """``(input_ids,)`` of shape ``(batch, seq_len)`` for a prefill, on the model's device
     unless ``device`` is given (deterministic ids on real devices).
@@ -271,7 +322,7 @@ def example_inputs(model: PanguEmbedded, batch: int = 1, seq_len: int = 128,
     return (ids.to(dev),)
 
 
-def decode_inputs(model: PanguEmbedded, context_len: int, batch: int = 1,
+def decode_inputs(model: Decoder, context_len: int, batch: int = 1,
                   device: str | torch.device | None = "meta") -> tuple[torch.Tensor, ...]:
     """``(input_ids, past_keys, past_values)`` for one decode step over ``context_len``
     cached positions (see the module docstring for the cache layout and the costs).
@@ -297,29 +348,31 @@ def decode_inputs(model: PanguEmbedded, context_len: int, batch: int = 1,
     return ids.to(dev), pk.to(dev), pv.to(dev)
 
 
-def _check_len(c: PanguConfig, n: int, what: str) -> None:
+def _check_len(c: DecoderConfig, n: int, what: str) -> None:
     if not isinstance(n, int) or n < 1 or n > c.max_position:
         raise ValueError(f"{what} must be an int in [1, {c.max_position}] for config "
                          f"{c.name!r}, got {n!r}")
 
 
 # ----------------------------------------------------------------- analytic counts
-def param_count(config: PanguConfig | str) -> int:
+def param_count(config: DecoderConfig | str) -> int:
     """Number of parameters, from the architecture's formula (not by building the model).
 
-    ``V*h`` (embedding) + ``h*V`` (untied lm_head) + ``h`` (final norm) + per layer:
+    ``V*h`` (embedding) + ``h*V`` (lm_head, unless tied) + ``h`` (final norm) + per layer:
     ``h*(H+2K)*d + (H+2K)*d`` (q, k, v with bias) + ``H*d*h`` (o_proj) + ``3*h*I`` (MLP)
     + ``2*h`` (two norms), with ``H``/``K`` query/KV heads of dim ``d``.
 
     Example:
         >>> param_count("1b")
         1391457792
+        >>> param_count("smollm2-135m")
+        134515008
     """
     c = get_config(config)
     h, d, H, K = c.hidden, c.head_dim, c.num_heads, c.num_kv_heads
     qkv = h * (H + 2 * K) * d + ((H + 2 * K) * d if c.qkv_bias else 0)
     per_layer = qkv + H * d * h + 3 * h * c.intermediate + 2 * h
-    return c.vocab * h + c.num_layers * per_layer + h + h * c.vocab
+    return c.vocab * h + c.num_layers * per_layer + h + (0 if c.tie_embeddings else h * c.vocab)
 
 
 def _linear_macs_per_token(c: PanguConfig) -> int:
@@ -328,7 +381,7 @@ def _linear_macs_per_token(c: PanguConfig) -> int:
     return c.num_layers * per_layer + h * c.vocab
 
 
-def prefill_flops(config: PanguConfig | str, seq_len: int, batch: int = 1) -> int:
+def prefill_flops(config: DecoderConfig | str, seq_len: int, batch: int = 1) -> int:
     """Matmul FLOPs of a causal prefill of ``seq_len`` tokens (a multiply-add counts 2).
 
     ``2 * batch * seq_len * W`` for the weight matmuls (``W`` = weights of every linear
@@ -347,7 +400,7 @@ def prefill_flops(config: PanguConfig | str, seq_len: int, batch: int = 1) -> in
     return 2 * batch * seq_len * _linear_macs_per_token(c) + attn
 
 
-def decode_flops(config: PanguConfig | str, context_len: int, batch: int = 1) -> int:
+def decode_flops(config: DecoderConfig | str, context_len: int, batch: int = 1) -> int:
     """Matmul FLOPs of one decode step over ``context_len`` cached positions.
 
     ``2 * batch * W + num_layers * 4 * batch * H * (context_len + 1) * d`` (see

@@ -12,7 +12,7 @@ from graphs.models import (PanguConfig, configs, decode_flops, decode_inputs, ex
 
 class TestConfigs:
     def test_lists_the_named_configs(self):
-        assert configs() == ("tiny", "small", "1b")
+        assert configs() == ("tiny", "small", "1b", "smollm2-135m", "tiny-llama")
         assert all(isinstance(get_config(n), PanguConfig) for n in configs())
 
     def test_1b_matches_the_published_architecture(self):
@@ -21,12 +21,20 @@ class TestConfigs:
         assert (c.vocab, c.max_position, c.intermediate, c.qkv_bias) == (153376, 32768, 6144, True)
         assert c.num_heads * c.head_dim == c.hidden
 
+    def test_smollm2_is_llama_style(self):
+        c = get_config("smollm2-135m")
+        assert (c.num_layers, c.hidden, c.num_heads, c.num_kv_heads, c.head_dim) == (30, 576, 9, 3, 64)
+        assert (c.qkv_bias, c.tie_embeddings, c.rope_theta, c.norm_eps) == (False, True, 1e5, 1e-5)
+        m = pangu_embedded("smollm2-135m", device="meta")
+        assert m.lm_head.weight is m.embed_tokens.weight
+        assert sum(p.numel() for p in m.parameters()) == param_count(c) == 134_515_008
+
     def test_configs_are_frozen(self):
         with pytest.raises(Exception, match="cannot assign"):
             get_config("tiny").hidden = 3
 
     def test_unknown_name_lists_valid_ones(self):
-        with pytest.raises(UnknownNameError, match=r"unknown model config '7b'; valid choices: 1b, small, tiny"):
+        with pytest.raises(UnknownNameError, match=r"unknown model config '7b'; valid choices: 1b, small, smollm2-135m, tiny, tiny-llama"):
             pangu_embedded("7b")
 
     def test_bad_head_split_is_rejected(self):
