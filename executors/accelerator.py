@@ -3,7 +3,8 @@ torch device with its inputs copied in and its outputs copied back to the CPU.
 
 Outputs come back as **CPU tensors** so that Ray can ship them to an actor on another
 device without a device context; ``duration`` includes those copies (the device is
-synchronised before the clock stops).
+synchronised before the clock stops). Decoder shards (:meth:`Executor.load_shard`) are
+copied to the device the same way, and their KV caches are allocated there.
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ class AcceleratorExecutor(Executor):
 
     def _prepare(self, partition: Any) -> Any:
         return copy.deepcopy(partition.module).to(self.torch_device)  # the caller's module stays put
+
+    def _prepare_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        return copy.deepcopy(module).to(self.torch_device)  # a decoder shard; caches follow it
 
     def _execute(self, prepared: Any, args: tuple) -> tuple:
         dev = self.torch_device

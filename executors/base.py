@@ -10,6 +10,16 @@ Subclasses implement two hooks: ``_prepare(partition)`` (make the partition's mo
 ready on the device, e.g. move it there) and ``_execute(prepared, args)`` (run it and
 return a tuple of outputs as CPU tensors).
 
+Generation (see ``DESIGN.md``, "Generation"): an executor also hosts *decoder shards*
+(:class:`graphs.decoding.DecoderShard`, loaded with :meth:`Executor.load_shard`) and keeps,
+per shard, the KV cache of every sequence that runs through it. :meth:`Executor.step`
+runs one prefill or decode step of a batch of sequences on a shard: only the new tokens'
+ids or hidden states come in and go out, the caches stay here until :meth:`Executor.free`
+drops them. A step returns its output (a CPU tensor: hidden states, logits or sampled token
+ids) and a :class:`StepMeta`. The device move is one hook, ``_prepare_module(module)``
+(identity on the CPU; accelerators copy the module to their device), and the caches live
+wherever the prepared module's parameters do.
+
 Example:
     >>> from executors.cpu import CPUExecutor
     >>> ex = CPUExecutor()
@@ -20,16 +30,17 @@ Example:
 """
 from __future__ import annotations
 
+import operator
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
 
 import torch
 
 from .errors import ExecutorError, ExecutorStateLost
 
-__all__ = ["ExecutionResult", "Executor", "MemberError", "MetaColumn", "map_tensors"]
+__all__ = ["ExecutionResult", "Executor", "MemberError", "MetaColumn", "StepMeta", "map_tensors"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,41 @@ class ExecutionResult:
     def end(self) -> float:
         """``start + duration`` (wall clock seconds)."""
         return self.start + self.duration
+
+
+@dataclass(frozen=True)
+class StepMeta:
+    """What one generation step of one shard measured (see :meth:`Executor.step`).
+
+    Example:
+        >>> m = StepMeta(device="cpu", shard=0, start=10.0, duration=0.25, wall=0.25,
+        ...              simulated=False, batch=2, new_tokens=1, context=30, kv_bytes=4096,
+        ...              sequences=2)
+        >>> m.end, m.tokens
+        (10.25, 2)
+    """
+
+    device: str  # device name of the executor that ran the step
+    shard: int  # shard id
+    start: float  # wall clock (time.time()) when the step began, seconds
+    duration: float  # seconds the device took: measured for real devices, cost-model time for simulated ones
+    wall: float  # seconds actually spent in step() (pacing sleep included)
+    simulated: bool  # True when duration is a simulated device's time
+    batch: int  # sequences in the step
+    new_tokens: int  # tokens each sequence added in the step (T; the prompt length for a prefill)
+    context: int  # sum over the batch of the cached positions before the step
+    kv_bytes: int  # bytes of all KV caches this executor holds after the step (every shard)
+    sequences: int  # live sequences on this executor after the step (with a cache in any shard)
+
+    @property
+    def end(self) -> float:
+        """``start + duration`` (wall clock seconds)."""
+        return self.start + self.duration
+
+    @property
+    def tokens(self) -> int:
+        """Token positions the step processed: ``batch * new_tokens``."""
+        return self.batch * self.new_tokens
 
 
 @dataclass(frozen=True)
@@ -145,8 +191,24 @@ class _Loaded:
     busy: float = 0.0  # sum of durations, seconds
 
 
+@dataclass
+class _Shard:
+    shard: Any  # graphs.decoding.DecoderShard as given to load_shard
+    prepared: Any  # the shard module on the device (what _prepare_module returned)
+    predicted: float | None  # seconds the cost model predicts for one step, if given (health only)
+    caches: dict = field(default_factory=dict)  # sequence id -> graphs.decoding.SequenceKV
+    steps: int = 0
+    busy: float = 0.0  # sum of step durations, seconds
+
+
+def _cache_bytes(caches: Any) -> int:
+    # list() snapshots a dict's values at once (under the GIL), so a control-group call
+    # (kv_stats, health) reading while a step adds caches never sees the dict change size
+    return sum(kv.nbytes for kv in list(caches))
+
+
 class Executor(ABC):
-    """Runs partitions on one device (see the module docstring).
+    """Runs partitions and decoder shards on one device (see the module docstring).
 
     Attributes:
         device: the device name this executor reports (``"cpu"``, ``"cuda:0"``, ``"sim:x"``).
@@ -162,6 +224,8 @@ class Executor(ABC):
         self._errors = 0
         self._last_error: str | None = None
         self._busy = 0.0
+        self._shards: dict[int, _Shard] = {}
+        self._steps = 0
 
     # ------------------------------------------------------------------ core
     def load(self, partition: Any, predicted: float | None = None) -> None:
@@ -224,20 +288,180 @@ class Executor(ABC):
         self._entry(partition_id)
         del self._parts[int(partition_id)]
 
+    # ------------------------------------------------------------ generation
+    def load_shard(self, shard: Any, predicted: float | None = None) -> None:
+        """Host ``shard`` (a :class:`graphs.decoding.DecoderShard`) under its ``id``.
+
+        ``predicted`` is the cost model's seconds for one step, kept for :meth:`health`.
+        Loading an id again replaces the shard and drops the caches it held.
+
+        Example:
+            >>> from executors.cpu import CPUExecutor
+            >>> from graphs.decoding import DecoderShard
+            >>> from graphs.models import decoder
+            >>> ex = CPUExecutor()
+            >>> ex.load_shard(DecoderShard(decoder("tiny"), 0, 5, id=1))
+            >>> ex.shards()
+            (1,)
+        """
+        from graphs.decoding import DecoderShard
+
+        if not isinstance(shard, DecoderShard):
+            raise ExecutorError(f"{self.device}: load_shard() needs a graphs.decoding.DecoderShard, got "
+                                f"{type(shard).__name__}; partitions go to load()")
+        if predicted is not None and (isinstance(predicted, bool) or not isinstance(predicted, (int, float))
+                                      or predicted < 0):
+            raise ExecutorError(f"{self.device}: predicted must be seconds >= 0 or None, got {predicted!r}")
+        try:
+            prepared = self._prepare_module(shard)
+        except ExecutorError:
+            raise
+        except Exception as e:
+            raise ExecutorError(f"{self.device}: could not load shard {shard.id} "
+                                f"({shard.blocks[0]}..{shard.blocks[-1]}): {e}") from e
+        self._shards[int(shard.id)] = _Shard(shard, prepared, None if predicted is None else float(predicted))
+
+    def step(self, shard_id: int, seq_ids: Sequence[int], x: torch.Tensor, *,
+             reserve: Sequence[int] | None = None, sample: Sequence[tuple] | None = None,
+             all_logits: bool = False) -> tuple[torch.Tensor, StepMeta]:
+        """One prefill or decode step of the sequences ``seq_ids`` on shard ``shard_id``.
+
+        Parameters:
+            shard_id: a shard loaded with :meth:`load_shard`.
+            seq_ids: one id per row of ``x``, all different.
+            x: token ids ``(B, T)`` int64 for a shard that starts with the embedding, hidden
+                states ``(B, T, hidden)`` otherwise (on any device; moved here).
+            reserve: these sequences start anew here (prefill): each gets a fresh cache with
+                room for ``reserve[i]`` positions (its final length, so nothing is ever copied),
+                replacing any cache of that id in this shard. Without it every sequence must
+                already have a cache in this shard.
+            sample: last shard only: one ``(SamplingParams, step index)`` per sequence; the step
+                then returns the sampled token ids ``(B,)`` int64 (:func:`graphs.sampling.sample`)
+                instead of logits.
+            all_logits: last shard only: logits of every new position ``(B, T, vocab)`` instead
+                of the last one's ``(B, vocab)``.
+
+        Returns:
+            ``(output, meta)``: the output as a CPU tensor (hidden states ``(B, T, hidden)``,
+            logits or token ids) and a :class:`StepMeta`.
+
+        Raises:
+            ExecutorStateLost: the shard is not loaded, or a sequence has no cache in it
+                (the actor restarted?): the caller prefills the sequence again.
+            ExecutorError: bad arguments, or the step failed (its sequences then have no
+                cache in this shard any more: a retry prefills them again).
+
+        Example:
+            >>> import torch
+            >>> from executors.cpu import CPUExecutor
+            >>> from graphs.decoding import DecoderShard
+            >>> from graphs.models import decoder
+            >>> ex = CPUExecutor()
+            >>> ex.load_shard(DecoderShard(decoder("tiny"), 0, 5))
+            >>> logits, meta = ex.step(0, (7,), torch.tensor([[1, 2, 3]]), reserve=(8,))
+            >>> logits.shape, meta.batch, meta.new_tokens, meta.context, meta.sequences
+            (torch.Size([1, 256]), 1, 3, 0, 1)
+            >>> _, meta = ex.step(0, (7,), torch.tensor([[4]]))
+            >>> meta.context, ex.free([7]) == meta.kv_bytes, ex.kv_stats()["sequences"]
+            (3, True, 0)
+        """
+        entry = self._shard_entry(shard_id)
+        shard = entry.shard
+        seq_ids, reserve, sample = self._check_step(shard, seq_ids, x, reserve, sample, all_logits)
+        if reserve is None:
+            caches = []
+            for s in seq_ids:
+                kv = entry.caches.get(s)
+                if kv is None:
+                    raise ExecutorStateLost(f"{self.device}: no KV cache for sequence {s} in shard "
+                                            f"{shard.id} (actor restarted?); prefill it again with reserve=")
+                caches.append(kv)
+        else:
+            caches = [entry.prepared.new_cache(r) for r in reserve]
+        context = sum(kv.length for kv in caches)
+        start = time.time()
+        t0 = time.perf_counter()
+        try:
+            out, duration = self._step_entry(entry, x, caches, all_logits, sample)
+        except Exception as e:
+            self._errors += 1
+            self._last_error = f"shard {shard.id}: {type(e).__name__}: {e}"
+            if reserve is None:  # caches in an unknown state: the next step must prefill again
+                for s in seq_ids:
+                    entry.caches.pop(s, None)
+            if isinstance(e, ExecutorError):
+                raise
+            raise ExecutorError(f"{self.device}: shard {shard.id} ({shard.blocks[0]}..{shard.blocks[-1]}) "
+                                f"step failed: {type(e).__name__}: {e}") from e
+        wall = time.perf_counter() - t0
+        if reserve is not None:
+            entry.caches.update(zip(seq_ids, caches))
+        if duration is None:
+            duration = wall
+        entry.steps += 1
+        entry.busy += duration
+        self._steps += 1
+        self._busy += duration
+        kv = self.kv_stats()
+        meta = StepMeta(device=self.device, shard=shard.id, start=start, duration=float(duration), wall=wall,
+                        simulated=self.kind == "sim", batch=len(seq_ids), new_tokens=int(x.shape[1]),
+                        context=int(context), kv_bytes=kv["bytes"], sequences=kv["sequences"])
+        return out, meta
+
+    def free(self, seq_ids: Sequence[int]) -> int:
+        """Drop the caches of ``seq_ids`` in every shard here; returns the bytes freed.
+        Unknown ids are ignored, so freeing twice is harmless."""
+        ids = {int(s) for s in seq_ids}
+        freed = 0
+        for entry in list(self._shards.values()):
+            for s in ids:
+                kv = entry.caches.pop(s, None)
+                if kv is not None:
+                    freed += kv.nbytes
+        return freed
+
+    def unload_shard(self, shard_id: int) -> int:
+        """Forget shard ``shard_id`` and its caches; returns the cache bytes freed."""
+        entry = self._shard_entry(shard_id)
+        del self._shards[int(shard_id)]
+        return _cache_bytes(entry.caches.values())
+
+    def shards(self) -> tuple[int, ...]:
+        """Ids of the loaded shards, sorted."""
+        return tuple(sorted(list(self._shards)))
+
+    def kv_stats(self) -> dict[str, Any]:
+        """The KV caches held here: ``{"sequences": live sequences, "bytes": total bytes,
+        "per_shard": {shard id: {"sequences": n, "bytes": b}}}``."""
+        per, live = {}, set()
+        for sid, entry in sorted(list(self._shards.items())):
+            caches = list(entry.caches.items())
+            live.update(s for s, _ in caches)
+            per[sid] = {"sequences": len(caches), "bytes": _cache_bytes(kv for _, kv in caches)}
+        return {"sequences": len(live), "bytes": sum(p["bytes"] for p in per.values()), "per_shard": per}
+
     # ------------------------------------------------------------- bookkeeping
     def loaded(self) -> tuple[int, ...]:
         """Ids of the loaded partitions, sorted."""
         return tuple(sorted(self._parts))
 
     def health(self) -> dict[str, Any]:
-        """A snapshot: device, kind, loaded ids, run and error counts, busy seconds,
-        and per partition its runs, mean duration and predicted seconds."""
+        """A snapshot: device, kind, loaded ids, run, step and error counts, busy seconds
+        (runs and steps), per partition its runs, mean duration and predicted seconds, the
+        KV caches held (``kv_bytes``, ``sequences``) and per shard its blocks, steps, mean
+        step duration, predicted seconds, sequences and cache bytes."""
+        kv = self.kv_stats()
         return {
             "device": self.device, "kind": self.kind, "ok": True, "loaded": self.loaded(),
             "runs": self._runs, "errors": self._errors, "last_error": self._last_error,
-            "busy": self._busy,
+            "busy": self._busy, "steps": self._steps,
             "partitions": {pid: {"runs": e.runs, "mean": (e.busy / e.runs if e.runs else None),
                                  "predicted": e.predicted} for pid, e in sorted(self._parts.items())},
+            "kv_bytes": kv["bytes"], "sequences": kv["sequences"],
+            "shards": {sid: {"blocks": (e.shard.blocks[0], e.shard.blocks[-1]), "steps": e.steps,
+                             "mean": (e.busy / e.steps if e.steps else None), "predicted": e.predicted,
+                             **kv["per_shard"][sid]}
+                       for sid, e in sorted(list(self._shards.items()))},
         }
 
     def __repr__(self) -> str:
@@ -251,6 +475,78 @@ class Executor(ABC):
             ids = ", ".join(map(str, self.loaded())) or "(none)"
             raise ExecutorStateLost(f"{self.device}: partition {partition_id!r} is not loaded; "
                                     f"loaded partitions: {ids}") from None
+
+    def _shard_entry(self, shard_id: int) -> _Shard:
+        try:
+            return self._shards[int(shard_id)]
+        except (KeyError, TypeError, ValueError):
+            ids = ", ".join(map(str, self.shards())) or "(none)"
+            raise ExecutorStateLost(f"{self.device}: shard {shard_id!r} is not loaded; "
+                                    f"loaded shards: {ids}") from None
+
+    def _check_step(self, shard: Any, seq_ids: Any, x: Any, reserve: Any, sample: Any,
+                    all_logits: bool) -> tuple[tuple, tuple | None, tuple | None]:
+        """Validated ``(seq_ids, reserve, sample)`` of a :meth:`step` call."""
+        where = f"{self.device}: step of shard {shard.id}"
+        if not isinstance(x, torch.Tensor) or x.dim() < 2:
+            raise ExecutorError(f"{where}: x must be a tensor (batch, T[, hidden]), got "
+                                f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        try:
+            ids = tuple(int(s) for s in seq_ids)
+        except (TypeError, ValueError):
+            raise ExecutorError(f"{where}: seq_ids must be ints, got {seq_ids!r}") from None
+        if len(ids) != x.shape[0] or len(set(ids)) != len(ids):
+            raise ExecutorError(f"{where}: needs one distinct sequence id per row of x; got "
+                                f"{len(ids)} ids {ids[:8]} for {x.shape[0]} rows")
+        if reserve is not None:
+            try:
+                caps = tuple(operator.index(r) for r in reserve)
+            except TypeError:
+                caps = ()
+            if len(caps) != len(ids) or any(r < x.shape[1] for r in caps):
+                raise ExecutorError(f"{where}: reserve must give one capacity >= T = {x.shape[1]} "
+                                    f"per sequence ({len(ids)}), got {reserve!r}")
+            reserve = caps
+        if (sample is not None or all_logits) and not shard.last:
+            raise ExecutorError(f"{where}: sample/all_logits need the shard that ends with lm_head; "
+                                f"this one ends with {shard.blocks[-1]}")
+        if sample is not None:
+            sample = tuple(sample)
+            if all_logits or len(sample) != len(ids) or any(not isinstance(p, tuple) or len(p) != 2
+                                                            for p in sample):
+                raise ExecutorError(f"{where}: sample must give one (SamplingParams, step index) per "
+                                    f"sequence ({len(ids)}), without all_logits; got {sample!r}")
+        return ids, reserve, sample
+
+    def _step_entry(self, entry: _Shard, x: torch.Tensor, caches: list, all_logits: bool,
+                    sample: tuple | None) -> tuple[torch.Tensor, float | None]:
+        """(output as a CPU tensor, duration or None for the measured wall time)."""
+        from graphs.sampling import sample as sample_tokens
+
+        module = entry.prepared
+        param = next(module.parameters(), None)
+        x = x if param is None or x.device == param.device else x.to(param.device)
+        with torch.no_grad():
+            out = module(x, caches, all_logits=all_logits)
+            if not module.layers:  # no cache to fill: keep the positions counted all the same
+                for kv in caches:
+                    kv.length += x.shape[1]
+            if out.device.type != "meta":
+                out = out.cpu()
+            self._synchronize()
+            if sample is not None:
+                if out.device.type == "meta":
+                    raise ExecutorError(f"{self.device}: cannot sample in timing-only mode (no logits "
+                                        f"are computed); step the last shard without sample=")
+                out = sample_tokens(out, [params for params, _ in sample], [int(i) for _, i in sample])
+        return out, None
+
+    def _prepare_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Return ``module`` ready to run on this device (a shard; identity on the CPU)."""
+        return module
+
+    def _synchronize(self) -> None:
+        """Wait for the device's queued work (no-op on the CPU)."""
 
     def _run_entry(self, entry: _Loaded, args: tuple) -> tuple[tuple, float | None, bool]:
         """(outputs, duration or None for the measured wall time, computed)."""

@@ -36,10 +36,22 @@ path's partitions on the same device: the second call has no Ray dependency, so 
 sent at once and runs right after the first (calls from one caller run in order), while
 the first call's gate decisions already travel back.
 
-Concurrency: ``load``/``run``/``run_group``/``unload`` run one at a time (a device runs one
-partition at a time, in arrival order); ``ping``, ``health`` and ``loaded`` are in a
-separate ``control`` concurrency group, so a liveness check answers while a long
-partition is running.
+Generation: ``load_shard`` ships a :class:`graphs.decoding.DecoderShard` (the weights of
+its blocks) to the actor once; each prefill or decode step is then one call
+``actor.step.options(num_returns=2).remote(shard_id, seq_ids, x, ...)`` that returns two
+objects, the output (hidden states for the next shard's actor, or logits / sampled token
+ids from the last shard) and a :class:`~executors.base.StepMeta`. The next shard's step
+takes the first object ref as its ``x``, so a step's hidden state flows actor to actor
+while the KV caches stay in the actors that hold the layers (see
+:meth:`executors.base.Executor.step`). ``free`` drops finished sequences' caches; an actor
+that restarted has none, and its steps raise :class:`~executors.errors.ExecutorStateLost`
+so the caller prefills again.
+
+Concurrency: ``load``/``run``/``run_group``/``unload`` and ``load_shard``/``step``/``free``/
+``unload_shard`` run one at a time (a device runs one partition or step at a time, in
+arrival order, so a ``free`` sent after a step runs after it); ``ping``, ``health``,
+``loaded`` and ``kv_stats`` are in a separate ``control`` concurrency group, so a liveness
+check answers while a long partition is running.
 
 Example:
     >>> actor_options("cuda:1")
@@ -61,7 +73,7 @@ from typing import Any, Mapping
 
 import ray
 
-from .base import ExecutionResult, MemberError, MetaColumn
+from .base import ExecutionResult, MemberError, MetaColumn, StepMeta
 
 __all__ = ["ExecutorActor", "ExecutorHost", "Kept", "MemberError", "actor_options",
            "sim_resource", "SIM_RESOURCE_SHARE"]
@@ -257,6 +269,45 @@ class ExecutorHost:
     def unload(self, partition_id: int) -> None:
         """Unload a partition."""
         self.executor.unload(partition_id)
+
+    # ------------------------------------------------------------ generation
+    def load_shard(self, shard: Any, predicted: float | None = None) -> int:
+        """Host a decoder shard; returns its id (see :meth:`executors.base.Executor.load_shard`)."""
+        self.executor.load_shard(shard, predicted)
+        return int(shard.id)
+
+    def step(self, shard_id: int, seq_ids: tuple, x: Any, *, reserve: tuple | None = None,
+             sample: tuple | None = None, all_logits: bool = False) -> tuple[Any, StepMeta]:
+        """One step of a hosted shard: ``(output, StepMeta)``; call it with
+        ``.options(num_returns=2)`` so the output and the meta are separate objects (see
+        :meth:`executors.base.Executor.step`).
+
+        Example:
+            >>> import torch
+            >>> from graphs.decoding import DecoderShard
+            >>> from graphs.models import decoder
+            >>> h = ExecutorHost("cpu")
+            >>> h.load_shard(DecoderShard(decoder("tiny"), 0, 5, id=3))
+            3
+            >>> out, meta = h.step(3, (1,), torch.tensor([[5, 6]]), reserve=(4,))
+            >>> out.shape, meta.shard, h.kv_stats()["sequences"], h.free((1,)) > 0
+            (torch.Size([1, 256]), 3, 1, True)
+        """
+        return self.executor.step(shard_id, seq_ids, x, reserve=reserve, sample=sample,
+                                  all_logits=all_logits)
+
+    def free(self, seq_ids: tuple) -> int:
+        """Drop these sequences' caches in every hosted shard; returns the bytes freed."""
+        return self.executor.free(seq_ids)
+
+    def unload_shard(self, shard_id: int) -> int:
+        """Forget a hosted shard and its caches; returns the cache bytes freed."""
+        return self.executor.unload_shard(shard_id)
+
+    @ray.method(concurrency_group="control")
+    def kv_stats(self) -> dict[str, Any]:
+        """The KV caches held here (see :meth:`executors.base.Executor.kv_stats`)."""
+        return self.executor.kv_stats()
 
     @ray.method(concurrency_group="control")
     def loaded(self) -> tuple[int, ...]:

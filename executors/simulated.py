@@ -17,6 +17,13 @@ Timing-only mode (``timing_only=True``) runs the partition on meta tensors: shap
 propagate, nothing is computed and no weights are needed, so configurations too large
 for this machine can still be scheduled and timed. Its results say ``computed=False``.
 
+Generation: a decoder shard's step (:meth:`~executors.base.Executor.step`) is computed on
+the CPU too, and reports as its duration the cost model's time of the shard's blocks for
+that step, :func:`shard_step_time`: the blocks of :func:`graphs.decoding.step_graph` for
+the step's batch, new tokens and mean cached context, priced on this device. The
+scheduler's simulator prices steps with the same function, so the two agree. Slowdown,
+hangs and pacing apply to steps exactly as to partition runs.
+
 Example:
     >>> import torch, torch.fx
     >>> from executors.devices import DeviceSpec
@@ -34,7 +41,8 @@ from __future__ import annotations
 import copy
 import itertools
 import time
-from typing import Any
+from collections import OrderedDict
+from typing import Any, Sequence
 
 import torch
 
@@ -42,7 +50,10 @@ from .base import Executor, _Loaded, map_tensors
 from .devices import DeviceSpec
 from .errors import ExecutorError
 
-__all__ = ["SimulatedExecutor", "roofline_estimate", "to_meta"]
+__all__ = ["SimulatedExecutor", "roofline_estimate", "shard_step_time", "to_meta"]
+
+#: (batch, new tokens, context, ...) step prices a simulated executor keeps (LRU).
+_STEP_CACHE = 4096
 
 
 def roofline_estimate(partition: Any, spec: DeviceSpec, dtype: str = "float32") -> float:
@@ -80,6 +91,49 @@ def to_meta(module: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(module, memo)
 
 
+def shard_step_time(cost_model: Any, device: str, shard: Any, batch: int, new_tokens: int,
+                    context: int, itemsize: int = 4, *, all_logits: bool = False) -> float:
+    """Seconds one step of ``shard``'s blocks takes on ``device`` under ``cost_model``.
+
+    ``shard`` is a :class:`graphs.decoding.DecoderShard` or a ``(config, blocks)`` pair;
+    ``batch`` sequences each add ``new_tokens`` tokens after ``context`` cached positions
+    (the batch's mean, rounded). The price is the sum of ``cost_model.node_time`` over the
+    shard's blocks in :func:`graphs.decoding.step_graph` of that step: what a
+    :class:`SimulatedExecutor` reports for the step, and what a simulator should charge.
+
+    Example:
+        >>> from executors.profiles import cluster
+        >>> from graphs.models import get_config
+        >>> from policies.roofline import RooflineCostModel
+        >>> cm = RooflineCostModel(cluster(["atlas-200i-a2"]))
+        >>> c = get_config("tiny")
+        >>> t = shard_step_time(cm, "atlas-200i-a2", (c, ("layers.0",)), 1, 1, 7)
+        >>> t == shard_step_time(cm, "atlas-200i-a2", (c, ("layers.0",)), 1, 1, 7.2)
+        True
+    """
+    from graphs.decoding import step_graph
+
+    config, blocks = (shard.config, shard.blocks) if hasattr(shard, "blocks") else shard
+    g = step_graph(config, batch=int(batch), new_tokens=int(new_tokens), context=int(round(context)),
+                   itemsize=int(itemsize), all_logits=all_logits)
+    return float(sum(cost_model.node_time(g, b, device) for b in blocks))
+
+
+class _SpecRoofline:
+    """The roofline of a lone :class:`DeviceSpec`, for a simulated executor without a cost
+    model: ``launches * launch_overhead + max(flops / peak, bytes / bandwidth)`` per node."""
+
+    def __init__(self, spec: DeviceSpec):
+        self.spec = spec
+
+    def node_time(self, graph: Any, node: Any, device: str) -> float:
+        a, spec = graph.nodes[node], self.spec
+        n = sum(a.get("kinds", {}).values()) or 1
+        return n * spec.launch_overhead + max(float(a.get("flops", 0)) / spec.flops_for(a.get("dtype", "float32")),
+                                              (float(a.get("bytes_in", 0)) + float(a.get("bytes_out", 0)))
+                                              / spec.mem_bandwidth)
+
+
 class SimulatedExecutor(Executor):
     """Computes on the CPU, reports the simulated device's predicted time (module docstring).
 
@@ -113,6 +167,7 @@ class SimulatedExecutor(Executor):
         self._slowdown: list[tuple[float, float]] = [(0.0, 1.0)]  # (seconds after origin, factor)
         self._slowdown_origin = time.time()
         self._hang_until = 0.0  # wall clock until which the device does not answer
+        self._step_prices: OrderedDict[tuple, float] = OrderedDict()  # LRU: step key -> seconds
         if isinstance(slowdown, (int, float)):
             self.set_slowdown(slowdown)
         elif slowdown is not None:
@@ -151,12 +206,51 @@ class SimulatedExecutor(Executor):
                     raise ExecutorError(f"{self.device}: partition {entry.partition.id} cannot run on meta "
                                         f"tensors (timing-only mode): {e}") from e
                 raise
-        duration = float(entry.predicted or 0.0) * self.slowdown()
+        return outs, self._paced(float(entry.predicted or 0.0), t0), not self.timing_only
+
+    def _paced(self, predicted: float, t0: float) -> float:
+        """The duration a run or step predicted at ``predicted`` seconds reports: slowed down
+        by :meth:`slowdown` and, with ``pace``, slept out from ``t0`` (``perf_counter``)."""
+        duration = predicted * self.slowdown()
         if self.pace:
             rest = self.pace * duration - (time.perf_counter() - t0)
             if rest > 0:
                 time.sleep(rest)
-        return outs, duration, not self.timing_only
+        return duration
+
+    # ------------------------------------------------------------ generation
+    def step_time(self, shard: Any, batch: int, new_tokens: int, context: int,
+                  all_logits: bool = False) -> float:
+        """Nominal seconds of one step of ``shard`` here (:func:`shard_step_time` with this
+        executor's cost model, or the spec's roofline without one; no slowdown), memoised."""
+        itemsize = next(shard.parameters()).element_size()
+        key = (shard.config, shard.blocks, int(batch), int(new_tokens), int(round(context)), itemsize,
+               bool(all_logits))
+        t = self._step_prices.get(key)
+        if t is None:
+            cm = self.cost_model if self.cost_model is not None else _SpecRoofline(self.spec)
+            t = shard_step_time(cm, self.device, shard, batch, new_tokens, context, itemsize,
+                                all_logits=all_logits)
+            self._step_prices[key] = t
+            if len(self._step_prices) > _STEP_CACHE:
+                self._step_prices.popitem(last=False)
+        else:
+            self._step_prices.move_to_end(key)
+        return t
+
+    def _prepare_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        return to_meta(module) if self.timing_only else module
+
+    def _step_entry(self, entry: Any, x: torch.Tensor, caches: list, all_logits: bool,
+                    sample: Sequence[tuple] | None) -> tuple[torch.Tensor, float | None]:
+        self.wait_hang()
+        t0 = time.perf_counter()
+        b, t = int(x.shape[0]), int(x.shape[1])
+        context = sum(kv.length for kv in caches) / max(b, 1)
+        if self.timing_only and x.device.type != "meta":
+            x = torch.empty_like(x, device="meta")
+        out, _ = super()._step_entry(entry, x, caches, all_logits, sample)
+        return out, self._paced(self.step_time(entry.shard, b, t, context, all_logits), t0)
 
     # ----------------------------------------------- simulation knobs (fault injection)
     def set_slowdown(self, factor: float = 1.0, *, schedule: Any = None,

@@ -21,6 +21,13 @@ Choices (the contract leaves them to capture):
   directly (``get_attr``, which is how ``torch.export`` graphs reach every weight) are
   nodes of kind ``"param"`` owning their tensor. Each tensor is counted once (by object
   identity), so the sum of ``param_bytes`` is the bytes of the model's parameters and buffers.
+* Gathers read only what their indices pick: an embedding lookup (``nn.Embedding``,
+  ``F.embedding``, ``aten.embedding``, the ``embedding_bag`` forms) and an index or gather
+  op with integer indices (``index_select``, ``gather``, ``take``, ``aten.index``,
+  ``x[idx]``) have ``bytes_in`` = the source rows or elements touched (number of indices
+  times the row's bytes; the output's elements for index ops; never more than the whole
+  source) plus their other inputs (the indices). ``param_bytes`` still owns the whole
+  table, which stays resident.
 * Placeholders are ``"input"`` nodes; the ``output`` node is kind ``"output"`` with
   ``bytes_out`` the bytes it returns. Arguments of ``forward`` that are not given in
   ``example_inputs`` keep their defaults (traced as constants, e.g. ``past_keys=None``).
@@ -548,9 +555,9 @@ def capture(model: nn.Module, example_inputs: Any, granularity: str = "op", *,
             if isinstance(t, torch.Tensor) and id(t) not in owned:
                 owned.add(id(t))
                 param_bytes = _tensor_bytes(t)
-        bytes_in = param_read
-        for a in n.all_input_nodes:
-            bytes_in += _edge_bytes(a, n)
+        bytes_in = _gather_bytes_in(n, gm, kind)
+        if bytes_in is None:
+            bytes_in = param_read + sum(_edge_bytes(a, n) for a in n.all_input_nodes)
         module = _module_of(n)
         g.add_node(n.name, kind=kind, op=n.op, target=target_name(n, gm),
                    flops=_node_flops(kind, n, meta), bytes_in=bytes_in,
@@ -579,3 +586,75 @@ def _edge_bytes(producer: fx.Node, consumer: fx.Node) -> int:
             and isinstance(consumer.args[1], int)):
         return int(meta["item_bytes"][consumer.args[1]])
     return int(meta["bytes_out"])
+
+
+# ------------------------------------------------------------------ gathers
+#: Function names (see :func:`_base_name`) of embedding lookups.
+_EMBEDDING_FNS = frozenset({"embedding", "embedding_bag", "_embedding_bag"})
+#: Function names of index ops: they read the source elements their output holds.
+_INDEX_FNS = frozenset({"index_select", "gather", "take", "index", "getitem"})
+
+
+def _is_index(node: Any) -> bool:
+    """Whether fx node ``node`` produces an integer tensor (indices; not a bool mask)."""
+    if not isinstance(node, fx.Node) or META_KEY not in node.meta:
+        return False
+    m = node.meta[META_KEY]
+    shape, dt = m["shape"], getattr(torch, m["dtype"] or "", None)
+    one_tensor = shape is not None and not (shape and isinstance(shape[0], tuple))
+    return (one_tensor and isinstance(dt, torch.dtype) and not dt.is_floating_point
+            and not dt.is_complex and dt is not torch.bool)
+
+
+def _numel(shape: tuple) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _gather_bytes_in(n: fx.Node, gm: nn.Module, kind: str) -> int | None:
+    """``bytes_in`` of a gather (see the module docstring), or None when ``n`` is none.
+
+    Reads the source's rows (elements) the indices pick, at most the whole source, plus
+    the bytes of every other input.
+    """
+    if n.op == "call_module":
+        if kind != "embedding":
+            return None
+        w = getattr(gm.get_submodule(n.target), "weight", None)
+        idx = [a for a in n.all_input_nodes if _is_index(a)]
+        if not isinstance(w, torch.Tensor) or w.dim() < 1 or w.shape[0] == 0 or not idx:
+            return None
+        table = _tensor_bytes(w)
+        rows = max(_numel(a.meta[META_KEY]["shape"]) for a in idx)
+        others = sum(_edge_bytes(a, n) for a in n.all_input_nodes)
+        return min(rows * (table // w.shape[0]), table) + others
+    if n.op not in ("call_function", "call_method"):
+        return None
+    name = _base_name(target_name(n))
+    if name in _EMBEDDING_FNS:
+        idx = [a for a in n.all_input_nodes if _is_index(a)]
+        tables = [a for a in n.all_input_nodes if not _is_index(a) and a.meta[META_KEY]["shape"]
+                  and not isinstance(a.meta[META_KEY]["shape"][0], tuple)]
+        if not idx or not tables:
+            return None
+        src = max(tables, key=lambda a: _edge_bytes(a, n))
+        rows = max(_numel(a.meta[META_KEY]["shape"]) for a in idx)
+        row_bytes = _edge_bytes(src, n) // max(src.meta[META_KEY]["shape"][0], 1)
+    elif name in _INDEX_FNS:
+        if name == "getitem" and n.target is not operator.getitem:
+            return None
+        src = n.args[0] if n.args else n.kwargs.get("input", n.kwargs.get("self"))
+        if not isinstance(src, fx.Node) or not any(_is_index(a) for a in n.all_input_nodes if a is not src):
+            return None
+        shape = src.meta[META_KEY]["shape"]
+        if not shape or isinstance(shape[0], tuple) or n.meta[META_KEY]["shape"] is None:
+            return None
+        rows = _numel_out(n.meta[META_KEY])
+        row_bytes = _edge_bytes(src, n) // max(_numel(shape), 1)
+    else:
+        return None
+    source = _edge_bytes(src, n)
+    others = sum(_edge_bytes(a, n) for a in n.all_input_nodes if a is not src)
+    return min(rows * row_bytes, source) + others

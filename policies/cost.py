@@ -59,13 +59,23 @@ class CostModel(ABC):
         return None
 
     def node_memory(self, graph: nx.DiGraph, node: Hashable) -> float:
-        """Bytes a node keeps resident on its device: parameters plus its output.
+        """Bytes a node keeps resident on its device: parameters, its output and the state
+        it keeps between requests (a decoder layer's KV cache).
 
-        Reads the op-graph attributes ``param_bytes`` and ``bytes_out`` (0 when absent, as
-        in abstract task graphs, which then never hit a memory limit).
+        Reads the op-graph attributes ``param_bytes``, ``bytes_out`` and ``state_bytes``
+        (each 0 when absent, as in abstract task graphs, which then never hit a memory
+        limit; :func:`graphs.decoding.step_graph` sets ``state_bytes`` on layer nodes).
+
+        Example:
+            >>> import networkx as nx
+            >>> from policies.abstract import TableCostModel
+            >>> g = nx.DiGraph(); g.add_node("l", param_bytes=100, bytes_out=10, state_bytes=1000)
+            >>> TableCostModel({"l": {"x": 1.0}}, {}).node_memory(g, "l")
+            1110.0
         """
         a = graph.nodes[node]
-        return float(a.get("param_bytes", 0)) + float(a.get("bytes_out", 0))
+        return (float(a.get("param_bytes", 0) or 0) + float(a.get("bytes_out", 0) or 0)
+                + float(a.get("state_bytes", 0) or 0))
 
     # ------------------------------------------------------------ derived views
     def time_matrix(self, graph: nx.DiGraph, nodes: Sequence[Hashable] | None = None,

@@ -31,11 +31,12 @@ Energy: ``active * busy + idle * (span - busy)`` summed over the devices that ha
 with ``(active, idle) = cost_model.power(dev)``; transfers cost no energy; None when the
 cost model knows no power for a used device. This matches :func:`policies.cost.plan_energy`.
 
-Memory (bytes, per device, from node attributes ``param_bytes``, ``bytes_out`` and edge
-attribute ``bytes``; all 0 when absent, as in abstract task graphs):
+Memory (bytes, per device, from node attributes ``param_bytes``, ``state_bytes``,
+``bytes_out`` and edge attribute ``bytes``; all 0 when absent, as in abstract task graphs):
 
-* parameters of every node placed on the device are resident for the whole run (counted
-  once, however many requests are in flight);
+* parameters and state (``state_bytes``: a decoder layer's KV cache, as
+  :func:`graphs.decoding.step_graph` sets it) of every node placed on the device are
+  resident for the whole run (counted once, however many requests are in flight);
 * a node's output (``bytes_out``) is allocated on its device when the node starts and
   freed when the last of its local consumers has finished and the last of its outgoing
   transfers has ended; a node without successors keeps its output until its request
@@ -43,8 +44,8 @@ attribute ``bytes``; all 0 when absent, as in abstract task graphs):
 * a transferred copy (edge ``bytes``, else the producer's ``bytes_out``) is allocated on
   the destination when the transfer starts and freed when its consumer finishes.
 
-At equal times, frees happen before allocations. The peak is parameters plus the
-maximum of the live bytes over time.
+At equal times, frees happen before allocations. The peak is parameters and state plus
+the maximum of the live bytes over time.
 
 Example:
     >>> import networkx as nx
@@ -417,7 +418,8 @@ class _Engine:
             self.devices += [d for d in cluster.names if d not in plan.order]
         self.params: dict[str, float] = {d: 0.0 for d in self.devices}
         for n, d in zip(self.nodes, self.dev):
-            self.params[d] += float(graph.nodes[n].get("param_bytes", 0) or 0)
+            a = graph.nodes[n]
+            self.params[d] += float(a.get("param_bytes", 0) or 0) + float(a.get("state_bytes", 0) or 0)
         self._check_deadlock()
 
     # ------------------------------------------------------------------ checks

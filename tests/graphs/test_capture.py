@@ -65,12 +65,16 @@ def check_contract(g: OpGraph, model: nn.Module) -> None:
             expected = tensor_bytes(a["shape"], a["dtype"])
         assert e["bytes"] == expected, (u, v)
         assert a["bytes_out"] >= e["bytes"]
-    # bytes_in = incoming edges (+ the parameters a leaf module reads)
+    # bytes_in = incoming edges (+ the parameters a leaf module reads; an embedding lookup
+    # reads only the rows its indices pick, as many bytes as it outputs)
     for n, a in g.nodes(data=True):
         incoming = sum(g.edges[p, n]["bytes"] for p in g.predecessors(n))
         extra = 0
         if fx_nodes[n].op == "call_module":
             extra = model_bytes(g.module.get_submodule(fx_nodes[n].target))
+        if a["kind"] == "embedding":  # the table's rows it reads instead of the whole table
+            incoming -= sum(g.edges[p, n]["bytes"] for p in g.predecessors(n) if g.nodes[p]["kind"] == "param")
+            extra = a["bytes_out"]
         assert a["bytes_in"] == incoming + extra, n
 
 
