@@ -25,6 +25,9 @@ class CPUExecutor(Executor):
     """Runs each partition's module as it is, on CPU tensors (inputs on other devices are
     copied to the CPU first). ``duration`` is the measured wall time of the run.
 
+    ``device`` is ``"cpu"`` or ``"cpu:N"``: several CPU executors on one host are told apart
+    by name, each in its own process (its own Ray actor).
+
     ``threads`` sets ``torch.set_num_threads`` for the process (None leaves it alone); the
     Ray actor sets it to 1 so that several actors share a small machine fairly.
     """

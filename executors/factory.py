@@ -1,19 +1,22 @@
 """Build an executor from a device name, and list the real devices present.
 
-Device names: ``cpu``; ``cuda`` / ``cuda:N``; ``npu`` / ``npu:N`` (Ascend, via torch-npu);
-``sim:<profile>`` where ``<profile>`` is a built-in profile name
-(:func:`executors.profiles.available`) or a path to a profile file. Backends are imported
-lazily, so a CPU-only install never touches CUDA or torch-npu.
+Device names: ``cpu`` / ``cpu:N`` (several executors on this host's CPU, each named by its
+full name; the Runtime gives each its own process); ``cuda`` / ``cuda:N``; ``npu`` /
+``npu:N`` (Ascend, via torch-npu); ``sim:<profile>`` where ``<profile>`` is a built-in
+profile name (:func:`executors.profiles.available`) or a path to a profile file. Backends
+are imported lazily, so a CPU-only install never touches CUDA or torch-npu.
 
 Example:
     >>> create("cpu")
     CPUExecutor('cpu', loaded=())
+    >>> create("cpu:1")
+    CPUExecutor('cpu:1', loaded=())
     >>> create("sim:atlas-200i-a2").spec.kind
     'npu'
     >>> create("tpu:0")
     Traceback (most recent call last):
     ...
-    graphs.errors.UnknownNameError: unknown device 'tpu:0'; valid choices: cpu, cuda:N, npu:N, sim:<profile or path>, ...
+    graphs.errors.UnknownNameError: unknown device 'tpu:0'; valid choices: cpu, cpu:N, cuda:N, npu:N, sim:<profile or path>, ...
     >>> "cpu" in detect()
     True
 """
@@ -30,7 +33,7 @@ from .base import Executor
 __all__ = ["create", "detect", "DEVICE_FORMS"]
 
 #: The accepted device-name forms (for error messages).
-DEVICE_FORMS = ("cpu", "cuda:N", "npu:N", "sim:<profile or path>")
+DEVICE_FORMS = ("cpu", "cpu:N", "cuda:N", "npu:N", "sim:<profile or path>")
 
 
 def _choices() -> list[str]:
@@ -60,7 +63,7 @@ def create(device_name: str, *, cost_model: Any = None, **kw: Any) -> Executor:
     if not isinstance(device_name, str):
         raise UnknownNameError("device", device_name, _choices())
     head, sep, rest = device_name.partition(":")
-    if device_name == "cpu":
+    if device_name == "cpu" or (head == "cpu" and rest.isascii() and rest.isdigit()):
         from .cpu import CPUExecutor
 
         _no_kw(device_name, kw, ("threads",))

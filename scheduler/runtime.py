@@ -6,16 +6,18 @@
       --graphs.partition--> partitions --one ExecutorActor per device--> Ray
       submit(*inputs) -> Future  (scheduler.dispatch.Dispatcher over the partition DAG)
 
-Devices are named: real ones ``cpu``, ``cuda:0``, ``npu:0``; simulated ones
-``sim:<profile>`` with a built-in profile name (:func:`executors.profiles.available`) or a
-profile file path. Without ``devices`` the runtime uses the real devices
-:func:`executors.detect` finds. Without ``ray_address`` (or ``RAY_ADDRESS``) it starts an
-embedded local Ray bound to 127.0.0.1, or reuses the Ray already initialised in this
-process (and then leaves it running at :meth:`Runtime.shutdown`).
+Devices are named: real ones ``cpu`` (or several executors on the host CPU: ``cpu:0``,
+``cpu:1``, ...), ``cuda:0``, ``npu:0``; simulated ones ``sim:<profile>`` with a built-in
+profile name (:func:`executors.profiles.available`) or a profile file path
+(:mod:`scheduler.cluster` builds their specs and links). Without ``devices`` the runtime
+uses the real devices :func:`executors.detect` finds. Without ``ray_address`` (or
+``RAY_ADDRESS``) it starts an embedded local Ray bound to 127.0.0.1, or reuses the Ray
+already initialised in this process (and then leaves it running at :meth:`Runtime.shutdown`).
 
 Inputs are checked at submit against the example inputs' signature
-(:class:`InputSignature`): count, type, dtype, rank and every dimension not declared
-dynamic. A bad input raises :class:`~scheduler.errors.InputSignatureError` at once and
+(:class:`~scheduler.signature.InputSignature`): count, type, dtype, rank and every
+dimension not declared dynamic. A bad input raises
+:class:`~scheduler.errors.InputSignatureError` at once and
 never reaches an actor, so the runtime keeps serving the others.
 
 Example (a real run starts Ray, so it is not a doctest here; see tests/scheduler)::
@@ -38,268 +40,20 @@ import math
 import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
 import torch
 
+# the device and signature names moved out of this module stay importable from it
+from .cluster import DEVICE_FORMS, _init_loopback_ray, _parse_device, build_cluster, host_spec
 from .dispatch import Dispatcher, Stage
-from .errors import InputSignatureError, RuntimeClosedError, RuntimeConfigError
+from .errors import RuntimeClosedError, RuntimeConfigError
+from .signature import InputSignature, TensorSpec
 from .stats import Measurement, RuntimeStats, StatsRecorder
 
 __all__ = ["Runtime", "InputSignature", "TensorSpec", "DEVICE_FORMS", "host_spec", "build_cluster"]
 
-#: The device name forms a runtime accepts.
-DEVICE_FORMS = ("cpu", "cuda:<N>", "npu:<N>", "sim:<profile name or file>")
 TIME_BASES = ("wall", "simulated")
-
-
-# ------------------------------------------------------------------ input signature
-@dataclass(frozen=True)
-class TensorSpec:
-    """What an input tensor must look like: dtype, rank, and the static dimensions.
-
-    Example:
-        >>> s = TensorSpec(dtype=torch.int64, shape=(1, 16), dynamic=frozenset({1}))
-        >>> s.describe()
-        'int64[1, *]'
-    """
-
-    dtype: torch.dtype  # exact dtype required
-    shape: tuple[int, ...]  # the example's shape
-    dynamic: frozenset[int] = frozenset()  # dimensions (non-negative) that may differ
-
-    def describe(self) -> str:
-        """``dtype[d0, *, ...]`` with ``*`` for dynamic dimensions."""
-        dims = ", ".join("*" if i in self.dynamic else str(d) for i, d in enumerate(self.shape))
-        return f"{str(self.dtype).replace('torch.', '')}[{dims}]"
-
-
-class InputSignature:
-    """The signature of a model's positional inputs, taken from example inputs.
-
-    Args:
-        example_inputs: a tensor or a tuple of tensors (as given to ``graphs.capture``).
-        dynamic_dims: input index -> dimensions allowed to vary (e.g. ``{0: [1]}`` for a
-            variable sequence length); negative dimensions count from the end.
-        allow_meta: accept meta tensors (timing-only runs); otherwise they are rejected.
-
-    Example:
-        >>> sig = InputSignature((torch.zeros(1, 8, dtype=torch.long),), dynamic_dims={0: [-1]})
-        >>> sig.check((torch.zeros(1, 5, dtype=torch.long),))
-        >>> sig.check((torch.zeros(2, 5, dtype=torch.long),))
-        Traceback (most recent call last):
-        ...
-        scheduler.errors.InputSignatureError: input 0: dimension 0 is 2, expected 1 (signature int64[1, *]); ...
-    """
-
-    def __init__(self, example_inputs: Any, dynamic_dims: Mapping[int, Iterable[int]] | None = None,
-                 allow_meta: bool = False):
-        self.allow_meta = bool(allow_meta)
-        if isinstance(example_inputs, torch.Tensor):
-            example_inputs = (example_inputs,)
-        if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
-            raise RuntimeConfigError(
-                f"example_inputs must be a non-empty tuple of tensors (or one tensor), got "
-                f"{type(example_inputs).__name__}")
-        specs = []
-        dyn = dict(dynamic_dims or {})
-        for k in dyn:
-            if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < len(example_inputs):
-                raise RuntimeConfigError(
-                    f"dynamic_dims names input {k!r}; valid input indices: 0..{len(example_inputs) - 1}")
-        for i, x in enumerate(example_inputs):
-            if not isinstance(x, torch.Tensor):
-                raise RuntimeConfigError(f"example_inputs[{i}] is a {type(x).__name__}, not a torch.Tensor")
-            dims = set()
-            for d in dyn.get(i, ()):
-                if not isinstance(d, int) or isinstance(d, bool) or not -x.dim() <= d < x.dim():
-                    raise RuntimeConfigError(
-                        f"dynamic_dims[{i}] names dimension {d!r}; input {i} has rank {x.dim()} "
-                        f"(valid: {-x.dim()}..{x.dim() - 1})")
-                dims.add(d % x.dim())
-            specs.append(TensorSpec(dtype=x.dtype, shape=tuple(x.shape), dynamic=frozenset(dims)))
-        self.specs: tuple[TensorSpec, ...] = tuple(specs)
-
-    def describe(self) -> str:
-        """The signature as text, e.g. ``(int64[1, *])``."""
-        return "(" + ", ".join(s.describe() for s in self.specs) + ")"
-
-    def check(self, inputs: Sequence[Any]) -> None:
-        """Raise :class:`~scheduler.errors.InputSignatureError` naming the first mismatch."""
-        if len(inputs) != len(self.specs):
-            raise InputSignatureError(
-                f"expected {len(self.specs)} input(s) {self.describe()}, got {len(inputs)}")
-        for i, (x, s) in enumerate(zip(inputs, self.specs)):
-            if not isinstance(x, torch.Tensor):
-                raise InputSignatureError(
-                    f"input {i}: expected a torch.Tensor {s.describe()}, got {type(x).__name__}")
-            if x.device.type == "meta" and not self.allow_meta:
-                raise InputSignatureError(
-                    f"input {i}: is a meta tensor (no data); submit real tensors {s.describe()}")
-            if x.dtype != s.dtype:
-                raise InputSignatureError(
-                    f"input {i}: dtype {str(x.dtype).replace('torch.', '')}, expected "
-                    f"{str(s.dtype).replace('torch.', '')} (signature {s.describe()})")
-            if x.dim() != len(s.shape):
-                raise InputSignatureError(
-                    f"input {i}: rank {x.dim()} (shape {tuple(x.shape)}), expected rank "
-                    f"{len(s.shape)} (signature {s.describe()})")
-            for d, (got, want) in enumerate(zip(x.shape, s.shape)):
-                if d in s.dynamic:
-                    if got < 1:
-                        raise InputSignatureError(
-                            f"input {i}: dynamic dimension {d} is {got}; it must be >= 1")
-                elif got != want:
-                    raise InputSignatureError(
-                        f"input {i}: dimension {d} is {got}, expected {want} (signature "
-                        f"{s.describe()}); declare it in dynamic_dims={{{i}: [{d}]}} if it may vary")
-
-
-# --------------------------------------------------------------------- device specs
-_HOST_SPEC: Any = None
-
-
-def host_spec(name: str = "cpu"):
-    """A :class:`~executors.devices.DeviceSpec` for this machine's CPU, measured once per
-    process (a float32 matmul for peak FLOP/s, a large copy for memory bandwidth).
-
-    Example:
-        >>> s = host_spec()
-        >>> s.kind, s.flops_for("float32") > 0
-        ('cpu', True)
-    """
-    global _HOST_SPEC
-    from executors.devices import DeviceSpec
-
-    if _HOST_SPEC is None:
-        a = torch.randn(256, 256)
-        torch.mm(a, a)
-        reps, t0 = 8, time.perf_counter()
-        for _ in range(reps):
-            torch.mm(a, a)
-        flops = reps * 2 * 256 ** 3 / max(time.perf_counter() - t0, 1e-9)
-        buf = torch.empty(4 * 2 ** 20)  # 16 MiB
-        out = torch.empty_like(buf)
-        out.copy_(buf)
-        t0 = time.perf_counter()
-        for _ in range(4):
-            out.copy_(buf)
-        bw = 4 * 2 * buf.numel() * 4 / max(time.perf_counter() - t0, 1e-9)
-        try:
-            import psutil  # noqa: F401  (optional)
-            cap = float(psutil.virtual_memory().total)
-        except Exception:  # noqa: BLE001
-            cap = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-        _HOST_SPEC = DeviceSpec(
-            name="cpu", kind="cpu", peak_flops={"float32": flops}, mem_bandwidth=bw,
-            mem_capacity=cap, launch_overhead=5e-6,
-            sources={"peak_flops.float32": "measured here: 256x256 float32 torch.mm",
-                     "mem_bandwidth": "measured here: 16 MiB tensor copy",
-                     "launch_overhead": "estimate: eager PyTorch op dispatch, ~5 us"},
-            description="this machine's CPU (measured at runtime start)")
-    return _HOST_SPEC.replace(name=name)
-
-
-def _cuda_spec(name: str):
-    from executors.devices import DeviceSpec, LinkSpec
-
-    idx = int(name.split(":", 1)[1])
-    props = torch.cuda.get_device_properties(idx)
-    # rough: 2 FLOP/cycle/core x 128 cores per SM x clock; 1 TB/s class memory
-    clock = getattr(props, "clock_rate", 1.5e6) * 1e3 if hasattr(props, "clock_rate") else 1.5e9
-    fp32 = 2 * 128 * props.multi_processor_count * clock
-    spec = DeviceSpec(name=name, kind="gpu", peak_flops={"float32": fp32, "float16": 8 * fp32},
-                      mem_bandwidth=1e12, mem_capacity=float(props.total_memory),
-                      launch_overhead=1e-5, description=f"{props.name} (estimated from properties)")
-    return spec, LinkSpec(bandwidth=12e9, latency=1e-5, source="estimate: PCIe 3/4 x16 effective")
-
-
-def _parse_device(name: object) -> tuple[str, str]:
-    if not isinstance(name, str) or not name:
-        raise RuntimeConfigError(f"device name must be a non-empty string, got {name!r}; "
-                                 f"valid forms: {', '.join(DEVICE_FORMS)}")
-    if name == "cpu":
-        return "cpu", ""
-    head, sep, rest = name.partition(":")
-    if head in ("cuda", "npu") and (not sep or rest.isdigit()):
-        return head, rest
-    if sep and head == "sim" and rest:
-        return "sim", rest
-    from graphs.errors import UnknownNameError
-
-    raise UnknownNameError("device", name, DEVICE_FORMS)
-
-
-def build_cluster(devices: Sequence[str]):
-    """The :class:`~executors.devices.Cluster` of named devices (see the module docstring).
-
-    Simulated devices load their profile (renamed to the device name); links between two
-    devices are their host links in series, as :func:`executors.profiles.cluster` builds.
-
-    Example:
-        >>> c = build_cluster(["sim:atlas-200i-a2", "sim:edge-cpu-a76"])
-        >>> c.names, c.spec("sim:atlas-200i-a2").kind
-        (('sim:atlas-200i-a2', 'sim:edge-cpu-a76'), 'npu')
-    """
-    from executors import profiles
-    from executors.devices import DEFAULT_LINK, Cluster, LinkSpec
-
-    specs, hl = [], {}
-    for d in devices:
-        kind, rest = _parse_device(d)
-        if kind == "sim":
-            specs.append(profiles.load(rest, name=d))
-            hl[d] = profiles.host_link(rest)
-        elif kind == "cpu":
-            specs.append(host_spec(d))
-            hl[d] = None
-        elif kind == "cuda":
-            s, link = _cuda_spec(d)
-            specs.append(s)
-            hl[d] = link
-        else:  # npu: Atlas-class numbers from the built-in profile, renamed
-            specs.append(profiles.load("atlas-200i-a2", name=d))
-            hl[d] = profiles.host_link("atlas-200i-a2")
-    links = {}
-    names = list(devices)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            la, lb = hl[a], hl[b]
-            if la is None or lb is None:
-                link = la or lb
-            else:
-                link = LinkSpec(bandwidth=1.0 / (1.0 / la.bandwidth + 1.0 / lb.bandwidth),
-                                latency=la.latency + lb.latency, source="host links in series")
-            if link is not None:
-                links[(a, b)] = link
-    return Cluster.from_specs(specs, links=links, default_link=DEFAULT_LINK)
-
-
-def _init_loopback_ray(num_cpus: int, resources: Mapping[str, float]) -> None:
-    """Start an embedded single-machine Ray whose services listen on 127.0.0.1 only.
-
-    ``ray.init(_node_ip_address="127.0.0.1")`` alone does not do it: Ray 2.60 replaces a
-    loopback address by the machine's reachable IP (``services.resolve_ip_for_localhost``)
-    unless its ``ENABLE_RAY_CLUSTER`` constant is False, which is what Ray itself uses for
-    single-machine Ray on macOS and Windows. The constant is set for the duration of
-    ``ray.init`` only (checked in tests: node address and listening sockets are 127.0.0.1).
-    """
-    import ray
-
-    try:
-        import ray._private.ray_constants as rc
-    except Exception:  # noqa: BLE001 - a Ray without the constant: plain init
-        rc = None
-    old = getattr(rc, "ENABLE_RAY_CLUSTER", None)
-    if rc is not None and old is not None:
-        rc.ENABLE_RAY_CLUSTER = False
-    try:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, _node_ip_address="127.0.0.1", resources=dict(resources))
-    finally:
-        if rc is not None and old is not None:
-            rc.ENABLE_RAY_CLUSTER = old
 
 
 def _own_storage(x: Any) -> Any:

@@ -22,7 +22,7 @@ from executors.npu import npu_available
 from executors.simulated import SimulatedExecutor, roofline_estimate, to_meta
 from graphs.errors import UnknownNameError
 from graphs.opgraph import OpGraph
-from graphs.partition import partition
+from graphs.partition import Partition, partition
 
 DEVS = ("sim:atlas-200i-a2", "cpu")
 
@@ -237,10 +237,25 @@ class TestFactory:
         spec = profiles.load("jetson-orin-nx")
         assert create("sim:mine", spec=spec).spec.name == "sim:mine"
 
-    @pytest.mark.parametrize("name", ["tpu:0", "vulkan", "cuda:x", "sim:", "", "npu:a"])
+    @pytest.mark.parametrize("name", ["cpu:0", "cpu:1", "cpu:12"])
+    def test_named_cpu_executors(self, name):
+        ex = create(name, threads=None)
+        assert isinstance(ex, CPUExecutor) and ex.device == name and ex.kind == "cpu"
+        gm = fx.symbolic_trace(lambda x: (x * 2,))
+        ex.load(Partition(id=0, device=name, module=gm, inputs=("x",), outputs=("mul",)))
+        r = ex.run(0, torch.ones(2))
+        assert r.device == name and not r.simulated and r.computed
+        torch.testing.assert_close(r.outputs[0], torch.full((2,), 2.0))
+
+    def test_named_cpu_options_as_for_cpu(self):
+        with pytest.raises(ExecutorError, match=r"cpu:1: unknown option\(s\) pace; valid: threads"):
+            create("cpu:1", pace=1.0)
+
+    @pytest.mark.parametrize("name", ["tpu:0", "vulkan", "cuda:x", "sim:", "", "npu:a",
+                                      "cpu:x", "cpu:-1", "cpu:", "cpu:1.5", "cpu:²"])
     def test_unknown_device_names(self, name):
-        with pytest.raises(UnknownNameError, match=r"unknown device .*valid choices: cpu, cuda:N, npu:N, "
-                                                   r"sim:<profile or path>, .*sim:atlas-200i-a2"):
+        with pytest.raises(UnknownNameError, match=r"unknown device .*valid choices: cpu, cpu:N, cuda:N, "
+                                                   r"npu:N, sim:<profile or path>, .*sim:atlas-200i-a2"):
             create(name)
 
     def test_unknown_profile(self):
