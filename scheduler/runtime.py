@@ -121,6 +121,12 @@ class Runtime:
             requests in flight finish on the version they were admitted to). See
             :meth:`replan`, :meth:`versions`, :meth:`adaptive_events`, and the simulation
             knobs :meth:`set_slowdown` and :meth:`inject_failure`.
+        generation: for a :class:`graphs.models.Decoder`, how generation is placed and run
+            (a :class:`scheduler.generation.GenerationConfig` or a dict of its fields; None:
+            the defaults): :meth:`generate`, :meth:`submit_generate` and
+            :meth:`generate_stream` run prefill and decode steps through decoder shards
+            placed for ``phase``, each executor keeping the KV caches of its layers. See
+            :mod:`scheduler.generation`. Other models: must be None.
 
     Raises:
         RuntimeConfigError: a bad option value (the message names it and the choices).
@@ -140,12 +146,13 @@ class Runtime:
                  timing_only: bool = False,
                  executor_options: Mapping[str, Any] | None = None,
                  exit_depth: int | None = None, adaptive: Any = False, max_group: int = 16,
-                 group_work: float = 10e-3, freeze_gc: bool = True):
+                 group_work: float = 10e-3, freeze_gc: bool = True, generation: Any = None):
         self._closed = True  # until fully deployed: shutdown() then cleans up what exists
         self._actors: dict[str, Any] = {}
         self._owns_ray = False
         self._dispatcher: Dispatcher | None = None
         self._adaptive = None  # scheduler.adaptive.AdaptiveLoop when adaptive
+        self._generation = None  # scheduler.generation.GenerationService for a decoder
         if adaptive is not False and adaptive is not None:
             from .adaptive import AdaptiveConfig
 
@@ -231,6 +238,7 @@ class Runtime:
                 self.policy, granularity)
         self.predicted = {p.id: self._predict(p) for p in self.partitioned.parts}
         self._transfer, self._sim_dag = self._transfers()
+        gen_plan = self._plan_generation(model, generation, gate)
 
         # Ray and actors
         self._max_restarts = max_restarts
@@ -266,6 +274,12 @@ class Runtime:
                 call_wall=self._call_wall(self.predicted), group_work=group_work)
             if self._adaptive:
                 self._adaptive.attach(self._dispatcher)
+            if gen_plan is not None:
+                from .generation import GenerationService
+
+                self._generation = GenerationService(
+                    model, *gen_plan, self._actors, power=power, max_retries=max_retries,
+                    recovery_timeout=recovery_timeout)
             if self._freeze_gc:
                 from executors.process import freeze_gc_once
 
@@ -276,6 +290,23 @@ class Runtime:
         self._closed = False
 
     # ------------------------------------------------------------------ setup
+    def _plan_generation(self, model: torch.nn.Module, generation: Any, gate: Any) -> tuple | None:
+        """(config, plan, graph, stages, shards) of generation for a decoder, else None."""
+        from graphs.models import Decoder
+
+        if not isinstance(model, Decoder) or gate is not None or self.timing_only:
+            if generation is not None:
+                raise RuntimeConfigError(
+                    f"generation=... needs a graphs.models.Decoder model served without a gate and "
+                    f"not timing_only; got a {type(model).__name__}")
+            return None
+        from .generation import GenerationConfig, plan_generation
+
+        cfg = GenerationConfig.coerce(generation)
+        plan, graph, stages, shards = plan_generation(model, self.cluster, self.cost_model, self.policy, cfg)
+        self._gen_stages = stages
+        return cfg, plan, graph, stages, shards
+
     def _call_wall(self, predicted: Mapping[int, float], parts: Iterable[Any] | None = None
                    ) -> dict[int, float | None]:
         """Expected wall seconds of one request's call of each partition, for the
@@ -427,7 +458,9 @@ class Runtime:
         import ray
         from executors.ray_actor import ExecutorActor, actor_options
 
-        used = sorted({p.device for p in self.partitioned.parts}, key=self.devices.index)
+        used = {p.device for p in self.partitioned.parts}
+        used |= {s.device for s in getattr(self, "_gen_stages", ())}
+        used = sorted(used, key=self.devices.index)
         for d in used:
             opts = dict(actor_options(d))
             opts.setdefault("max_restarts", self._max_restarts)
@@ -490,6 +523,88 @@ class Runtime:
         """Results of many requests, pipelined (each item is one request's input tuple)."""
         futs = [self.submit(*x) for x in inputs]
         return [f.result(timeout=timeout) for f in futs]
+
+    # ------------------------------------------------------------ generation
+    def _gen(self):
+        if self._generation is None:
+            raise RuntimeConfigError(
+                f"this runtime cannot generate: its model is a {type(self.model).__name__}, not a "
+                f"graphs.models.Decoder served without a gate (or it is timing_only)")
+        if self._closed:
+            raise RuntimeClosedError("the runtime is shut down; it accepts no more generation requests")
+        return self._generation
+
+    @property
+    def generation_plan(self):
+        """The plan of the decoder's blocks for generation (None for other models)."""
+        return None if self._generation is None else self._generation.plan
+
+    @property
+    def generation_graph(self):
+        """The step graph the generation plan was made on (KV cache as ``state_bytes``)."""
+        return None if self._generation is None else self._generation.graph
+
+    @property
+    def generation_stages(self) -> tuple:
+        """The shard chain: :class:`scheduler.generation.GenStage` per shard, in block order."""
+        return () if self._generation is None else self._generation.stages
+
+    def prepare_generation(self) -> None:
+        """Load the decoder shards on their actors now (else the first generation does)."""
+        self._gen().engine()
+
+    def submit_generate(self, prompt: Any, max_new_tokens: int = 32, **kw: Any):
+        """Start generating; returns a :class:`scheduler.generation.GenerationFuture`.
+
+        ``prompt``: token ids (a list or a 1-D integer tensor). Keywords: ``temperature``
+        (0: greedy), ``top_k``, ``top_p``, ``seed``, ``stop`` (token ids that end the
+        sequence; default the tokenizer's EOS when the model has one), ``timeout``
+        (seconds from this call). Bad input raises here, before anything runs.
+
+        Example (needs Ray; see tests/scheduler/test_generation.py)::
+
+            fut = rt.submit_generate([1, 2, 3], max_new_tokens=8, temperature=0.7, seed=1)
+            print(fut.result().tokens)
+        """
+        return self._gen().submit(prompt, max_new_tokens, **kw)
+
+    def generate(self, prompt: Any, max_new_tokens: int = 32, **kw: Any):
+        """Generate and wait: a :class:`scheduler.generation.GenerationResult` (see
+        :meth:`submit_generate` for the arguments)."""
+        return self.submit_generate(prompt, max_new_tokens, **kw).result()
+
+    def generate_stream(self, prompt: Any, max_new_tokens: int = 32, **kw: Any):
+        """Generate, yielding each token id as it comes (see :meth:`submit_generate`)."""
+        g = self._gen()
+        fut = g.submit(prompt, max_new_tokens, stream=True, **kw)
+        return g.engine().stream(fut)
+
+    def generation_stats(self):
+        """Counters of generation: tokens, steps, batch sizes, busy time, energy
+        (:class:`scheduler.generation.GenerationStats`)."""
+        return self._gen().stats()
+
+    def reset_generation_stats(self) -> None:
+        """Zero the generation counters."""
+        self._gen().engine().reset_stats()
+
+    def kv_stats(self) -> dict:
+        """device -> KV caches its executor holds now: ``{"sequences", "bytes", "per_shard"}``."""
+        return self._gen().kv_stats()
+
+    def write_generation_gantt(self, path: str | os.PathLike, last: int = 60, **kw: Any) -> int:
+        """Gantt chart (PNG) of the last ``last`` shard calls of generation (prefills and
+        decode steps, on each device, in device time); returns the number of bars."""
+        from .trace import TraceEvent, gantt
+
+        steps = list(self.generation_stats().steps)[-last:]
+        if not steps:
+            raise RuntimeConfigError("no generation has run yet: nothing to draw")
+        t0 = min(s[2] for s in steps)
+        evs = [TraceEvent(f"{k} b={b}", d, st - t0, st - t0 + dur, category=k, args={"kind": k})
+               for k, d, st, dur, b, _ in steps]
+        kw.setdefault("title", f"{self.model.config.name}: generation, last {len(evs)} shard calls")
+        return gantt(evs, path, **kw)
 
     def on_measurement(self, callback: Callable[[Measurement], None]) -> None:
         """Call ``callback(measurement)`` for every partition call measured from now on
@@ -673,6 +788,8 @@ class Runtime:
 
         if self._adaptive is not None:
             self._adaptive.stop()
+        if self._generation is not None:
+            self._generation.close()
         d = self._dispatcher
         if d is not None and not d._closed:
             if wait and not self._closed:

@@ -1,0 +1,758 @@
+"""Token generation through placed decoder shards: sessions, KV caches, continuous batching.
+
+:class:`GenerationEngine` drives generation for a :class:`scheduler.Runtime` whose model is
+a :class:`graphs.models.Decoder`. The decoder's blocks are placed for a phase
+(:mod:`policies.phase`) and cut into shards, maximal runs of consecutive blocks on one
+device (:func:`graphs.decoding.shard_ranges`); each device's executor actor hosts its
+shards and keeps their KV caches, per sequence (``Executor.step``). A sequence is a
+session:
+
+* **prefill**: the prompt walks the shard chain once; each shard allocates the sequence's
+  cache (room for prompt + ``max_new_tokens`` positions) and the last shard samples the
+  first token;
+* **decode**: each step walks the chain with one token per sequence; only the new token's
+  hidden state (``hidden * 4`` bytes) crosses between devices, never a cache;
+* the sequence ends at ``max_new_tokens`` or a stop token; it ends early when it fails, is
+  cancelled or times out; in every case its caches are freed on every actor.
+
+**What is batched.** Decode steps of the sequences in flight run as one batched call per
+shard (continuous batching: a sequence joins the next step once its prefill is done and
+leaves as soon as it finishes; no step waits for a batch to fill). The linear layers and the
+MLP run on the whole batch (each weight is read once per step, which is what makes decode
+cheaper per token in a batch); attention runs per sequence over its own cache (ragged
+lengths, no padding). With several shards, the sequences are split into ``lanes``
+micro-batches (one per device of the chain by default) that follow each other down the
+chain, so the devices work as a pipeline: a micro-batch leaves with its share of the
+sequences (``ceil(active / lanes)``), or with whatever is ready when no other decode step
+is in flight. Prefills are not batched: each prompt is its own call (one
+sequence, ``T`` = prompt length), interleaved with the decode steps.
+
+**Sampling** happens in the last shard's actor (only token ids travel back), with
+:class:`graphs.sampling.SamplingParams` per sequence; it is deterministic for a seed, alone
+or in a batch.
+
+**Failures.** A step that fails because an actor died or lost its state (a restarted
+actor has no shards and no caches) is retried: the engine waits for the actor to answer
+(``recovery_timeout``), reloads its shards, frees what the sequences left elsewhere and
+prefills them again with prompt + the tokens generated so far, so a retried sequence
+continues exactly where it was (greedy or seeded sampling give the same continuation).
+After ``max_retries`` the request fails with :class:`~scheduler.errors.RequestFailed`
+naming the device; a step that raises for another reason fails its sequences at once.
+Other sequences keep going.
+
+Example (needs Ray, so not a doctest; see tests/scheduler/test_generation.py)::
+
+    from graphs.models import decoder, example_inputs
+    from scheduler import Runtime
+    m = decoder("tiny")
+    with Runtime(m, example_inputs(m, seq_len=8), devices=["cpu"]) as rt:
+        r = rt.generate([1, 2, 3], max_new_tokens=16)
+        print(r.tokens, r.decode_tokens_per_s)
+        for tok in rt.generate_stream([4, 5], max_new_tokens=8):
+            print(tok)
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import itertools
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+
+from .errors import RequestFailed, RequestTimeout, RuntimeClosedError, RuntimeConfigError
+
+__all__ = ["GenerationConfig", "GenerationResult", "GenerationFuture", "GenerationStats",
+           "GenStage", "GenerationEngine", "GenerationService", "plan_generation", "PHASES"]
+
+from policies.phase import PHASES  # noqa: E402  (what a generation placement optimises)
+
+
+def _posint(name: str, v: Any, lo: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise RuntimeConfigError(f"generation {name} must be an int >= {lo}, got {v!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How a runtime places and runs generation.
+
+    Example:
+        >>> GenerationConfig(max_batch=4, phase="decode").max_batch
+        4
+        >>> GenerationConfig(phase="train")
+        Traceback (most recent call last):
+        ...
+        scheduler.errors.RuntimeConfigError: generation phase 'train' is unknown; valid: prefill, decode, mix
+    """
+
+    max_batch: int = 8  # sequences resident at once (KV cache reserved for each); more wait
+    max_context: int = 512  # positions per sequence the plan reserves KV cache for
+    phase: str = "mix"  # what the placement optimises: "prefill", "decode" or "mix"
+    prompt_len: int = 128  # workload mix: typical prompt, tokens
+    new_tokens: int = 128  # workload mix: typical output, tokens
+    lanes: int | None = None  # decode micro-batches in flight (None: one per device of the chain)
+
+    def __post_init__(self) -> None:
+        _posint("max_batch", self.max_batch)
+        _posint("max_context", self.max_context, 2)
+        _posint("prompt_len", self.prompt_len)
+        _posint("new_tokens", self.new_tokens, 0)
+        if self.lanes is not None:
+            _posint("lanes", self.lanes)
+        if self.phase not in PHASES:
+            raise RuntimeConfigError(f"generation phase {self.phase!r} is unknown; valid: {', '.join(PHASES)}")
+
+    @classmethod
+    def coerce(cls, value: Any) -> "GenerationConfig":
+        """``None``/``True`` -> defaults; a dict -> its fields; a GenerationConfig as is."""
+        if value is None or value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            bad = sorted(set(value) - set(cls.__dataclass_fields__))
+            if bad:
+                raise RuntimeConfigError(f"unknown generation option(s) {', '.join(bad)}; valid: "
+                                         f"{', '.join(cls.__dataclass_fields__)}")
+            return cls(**value)
+        raise RuntimeConfigError(f"generation must be a GenerationConfig, a dict or None, got "
+                                 f"{type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class GenStage:
+    """One shard of the chain: blocks ``start..stop-1`` on ``device``, loaded as ``id``."""
+
+    id: int  # shard id in its executor
+    device: str  # device name (an executor actor)
+    start: int  # first block index (graphs.decoding.block_names)
+    stop: int  # one past the last block index
+    blocks: tuple[str, ...]  # block names
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A finished generation.
+
+    Example:
+        >>> r = GenerationResult((5, 6, 7), 3, "length", 0.5, 1.5, 0)
+        >>> r.decode_tokens_per_s
+        2.0
+    """
+
+    tokens: tuple[int, ...]  # generated token ids (prompt excluded)
+    prompt_len: int  # tokens in the prompt
+    finish_reason: str  # "length" (max_new_tokens reached) or "stop" (a stop token came)
+    ttft: float  # seconds from submit to the first token
+    latency: float  # seconds from submit to the last token
+    retries: int  # times the sequence was prefilled again after a failure
+    text: str | None = None  # decoded text, when the runtime has a tokenizer
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens after the first per second of decoding (``(n - 1) / (latency - ttft)``)."""
+        n = len(self.tokens) - 1
+        span = self.latency - self.ttft
+        return n / span if n > 0 and span > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """Counters of a runtime's generation since it started (or ``reset``).
+
+    ``busy`` and ``energy`` count what the devices reported: measured seconds on real
+    devices, the cost model's seconds on simulated ones (``simulated`` says which).
+    """
+
+    requests: int  # finished (completed) sequences
+    failed: int  # sequences that failed, timed out or were cancelled
+    prompt_tokens: int  # tokens prefilled (retries included)
+    generated_tokens: int  # tokens generated
+    prefill_calls: int  # prefill walks of the chain
+    decode_steps: int  # decode walks of the chain (each a batch)
+    mean_decode_batch: float  # sequences per decode step
+    wall: float  # seconds from the first submit to the last token
+    busy: Mapping[str, float]  # device -> seconds of work reported
+    energy: float | None  # joules (busy at active power, the rest idle), None without power
+    simulated: bool  # whether busy/energy are simulated-device times
+    kv_bytes_peak: int  # largest KV cache bytes one actor reported
+    retries: int  # sequences re-prefilled after a failure
+    steps: tuple = field(default=(), repr=False)  # (kind, device, start, duration, batch) per call
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per wall second."""
+        return self.generated_tokens / self.wall if self.wall > 0 else float("nan")
+
+    @property
+    def tokens_per_joule(self) -> float | None:
+        """Generated tokens per joule (None without power figures)."""
+        return None if not self.energy else self.generated_tokens / self.energy
+
+
+class GenerationFuture(cf.Future):
+    """A future of a :class:`GenerationResult`; :meth:`cancel` stops a running generation
+    (its caches are freed), unlike a plain ``concurrent.futures.Future``."""
+
+    def __init__(self, engine: "GenerationEngine", sid: int):
+        super().__init__()
+        self._engine = engine
+        self.sequence_id = sid
+
+    def cancel(self) -> bool:
+        ok = super().cancel()
+        if ok:
+            self._engine._post(("cancel", self.sequence_id))
+        return ok
+
+
+_END = object()
+
+
+class _Seq:
+    __slots__ = ("sid", "prompt", "out", "max_new", "sampling", "stops", "future", "stream",
+                 "deadline", "t0", "t_first", "retries", "state", "cache_on", "dead")
+
+    def __init__(self, sid, prompt, max_new, sampling, stops, future, stream, deadline):
+        self.sid = sid
+        self.prompt = prompt
+        self.out: list[int] = []
+        self.max_new = max_new
+        self.sampling = sampling
+        self.stops = stops
+        self.future = future
+        self.stream = stream
+        self.deadline = deadline
+        self.t0 = time.perf_counter()
+        self.t_first: float | None = None
+        self.retries = 0
+        self.state = "waiting"  # waiting (needs prefill) | ready (needs decode) | busy
+        self.cache_on = False
+        self.dead = False  # finished while a step was in flight
+
+
+class GenerationEngine:
+    """Runs generation on loaded shards (see the module docstring); the Runtime owns it.
+
+    Args:
+        stages: the shard chain, in block order.
+        actors: device -> executor actor handle (shards are loaded by :meth:`load`).
+        shards: stage id -> the :class:`graphs.decoding.DecoderShard` to load.
+        config: the :class:`GenerationConfig`.
+        power: device -> (active, idle) watts or None, for energy.
+        transfer: (src, dst, bytes) -> seconds, the cost model's transfer time (for the
+            simulated timeline of steps).
+        max_retries, recovery_timeout: see the module docstring.
+        tokenizer: optional, to decode the result's text.
+    """
+
+    def __init__(self, stages: Sequence[GenStage], actors: Mapping[str, Any], shards: Mapping[int, Any],
+                 config: GenerationConfig, *, model_config: Any, power: Mapping[str, Any] | None = None,
+                 max_retries: int = 3, recovery_timeout: float = 30.0, tokenizer: Any = None):
+        self.stages = tuple(stages)
+        self.actors = dict(actors)
+        self.shards = dict(shards)
+        self.config = config
+        self.model_config = model_config
+        self.power = dict(power or {})
+        self.max_retries = max_retries
+        self.recovery_timeout = recovery_timeout
+        self.tokenizer = tokenizer
+        self._devices = tuple(dict.fromkeys(s.device for s in self.stages))
+        self.lanes = config.lanes or len(self._devices)
+        self._inbox: queue.Queue = queue.Queue()
+        self._ids = itertools.count(1)
+        self._seqs: dict[int, _Seq] = {}
+        self._waiting: collections.deque[int] = collections.deque()  # admitted, need prefill
+        self._backlog: collections.deque[int] = collections.deque()  # not admitted yet
+        self._ready: collections.deque[int] = collections.deque()
+        self._inflight: dict[int, tuple] = {}  # batch id -> (kind, sids, out_ref, meta_refs)
+        self._batch_ids = itertools.count()
+        self._pids: dict[str, int] = {}
+        self._closed = False
+        self._lock = threading.Lock()
+        self._reset_stats()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------ lifecycle
+    def load(self) -> None:
+        """Load every shard on its device's actor (blocking) and remember the actors' pids."""
+        import ray
+
+        refs = [self.actors[s.device].load_shard.remote(self.shards[s.id]) for s in self.stages]
+        ray.get(refs)
+        for d in self._devices:
+            self._pids[d] = ray.get(self.actors[d].ping.remote())["pid"]
+        self._thread = threading.Thread(target=self._loop, name="hetsched-generate", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Fail what is pending with :class:`RuntimeClosedError`, free caches, stop the loop."""
+        if self._closed:
+            return
+        self._closed = True
+        self._post(("stop", None))
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # ------------------------------------------------------------ API
+    def submit(self, prompt: Sequence[int], max_new_tokens: int, sampling: Any, stop_ids: Sequence[int],
+               timeout: float | None, stream: bool = False) -> GenerationFuture:
+        """Queue one sequence; returns its future (see :meth:`scheduler.Runtime.generate`)."""
+        if self._closed:
+            raise RuntimeClosedError("the runtime is shut down; it accepts no more generation requests")
+        sid = next(self._ids)
+        fut = GenerationFuture(self, sid)
+        q = queue.Queue() if stream else None
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        seq = _Seq(sid, list(prompt), max_new_tokens, sampling, frozenset(stop_ids), fut, q, deadline)
+        fut._stream = q  # type: ignore[attr-defined]
+        self._post(("new", seq))
+        return fut
+
+    def stream(self, fut: GenerationFuture) -> Iterator[int]:
+        """Yield the tokens of ``fut``'s sequence as they come (raises its error, if any)."""
+        q = getattr(fut, "_stream", None)
+        if q is None:
+            raise RuntimeConfigError("this generation was not started with stream=True")
+        while True:
+            item = q.get()
+            if item is _END:
+                break
+            yield item
+        fut.result()  # raises the sequence's error, if it failed
+
+    def stats(self) -> GenerationStats:
+        """A snapshot of the counters (see :class:`GenerationStats`)."""
+        with self._lock:
+            s = dict(self._st)
+            busy = dict(self._busy)
+            steps = tuple(self._steps)
+        wall = (s["t_last"] - s["t_first"]) if s["t_first"] is not None and s["t_last"] else 0.0
+        span = max(wall, max(busy.values(), default=0.0))
+        energy = None
+        if busy and all(self.power.get(d) for d in busy):
+            energy = sum(self.power[d][0] * b + self.power[d][1] * max(span - b, 0.0) for d, b in busy.items())
+        return GenerationStats(
+            requests=s["done"], failed=s["failed"], prompt_tokens=s["prompt"], generated_tokens=s["gen"],
+            prefill_calls=s["prefills"], decode_steps=s["steps"],
+            mean_decode_batch=s["step_members"] / s["steps"] if s["steps"] else 0.0, wall=wall,
+            busy=busy, energy=energy, simulated=s["simulated"], kv_bytes_peak=s["kv_peak"],
+            retries=s["retries"], steps=steps)
+
+    def reset_stats(self) -> None:
+        """Zero the counters (sequences in flight keep going)."""
+        with self._lock:
+            self._reset_stats()
+
+    def _reset_stats(self) -> None:
+        self._st = dict(done=0, failed=0, prompt=0, gen=0, prefills=0, steps=0, step_members=0,
+                        t_first=None, t_last=0.0, simulated=False, kv_peak=0, retries=0)
+        self._busy: dict[str, float] = {}
+        self._steps: collections.deque = collections.deque(maxlen=100_000)
+
+    @property
+    def in_flight(self) -> int:
+        """Sequences submitted and not finished."""
+        return len(self._seqs)
+
+    # ------------------------------------------------------------ the loop
+    def _post(self, ev: tuple) -> None:
+        self._inbox.put(ev)
+
+    def _loop(self) -> None:
+        while True:
+            timeout = self._next_deadline()
+            try:
+                ev = self._inbox.get(timeout=timeout)
+            except queue.Empty:
+                ev = None
+            try:
+                if ev is not None:
+                    if ev[0] == "stop":
+                        self._shutdown()
+                        return
+                    self._handle(ev)
+                    while True:  # drain what else is queued before issuing
+                        try:
+                            ev = self._inbox.get_nowait()
+                        except queue.Empty:
+                            break
+                        if ev[0] == "stop":
+                            self._shutdown()
+                            return
+                        self._handle(ev)
+                self._expire()
+                self._issue()
+            except Exception as e:  # noqa: BLE001 - the loop must survive; fail what it touched
+                for sid in list(self._seqs):
+                    self._fail(sid, RequestFailed(f"generation engine error: {type(e).__name__}: {e}", e))
+
+    def _next_deadline(self) -> float | None:
+        ds = [s.deadline for s in self._seqs.values() if s.deadline is not None]
+        if not ds:
+            return None
+        return max(0.0, min(ds) - time.perf_counter()) + 1e-3
+
+    def _handle(self, ev: tuple) -> None:
+        kind, arg = ev
+        if kind == "new":
+            seq: _Seq = arg
+            self._seqs[seq.sid] = seq
+            with self._lock:
+                if self._st["t_first"] is None:
+                    self._st["t_first"] = seq.t0
+            if seq.max_new == 0:
+                self._finish(seq.sid, "length")
+                return
+            self._backlog.append(seq.sid)
+        elif kind == "cancel":
+            if arg in self._seqs:
+                self._fail(arg, cf.CancelledError())
+        elif kind == "done":
+            self._done(arg)
+
+    def _expire(self) -> None:
+        now = time.perf_counter()
+        for sid, s in list(self._seqs.items()):
+            if s.deadline is not None and now >= s.deadline:
+                self._fail(sid, RequestTimeout(
+                    f"generation of sequence {sid} did not finish within its timeout "
+                    f"({len(s.out)} of {s.max_new} tokens generated)"))
+
+    # ------------------------------------------------------------ issuing
+    def _admitted(self) -> int:
+        return len(self._seqs) - len(self._backlog)
+
+    def _issue(self) -> None:
+        while self._backlog and self._admitted() < self.config.max_batch:
+            self._waiting.append(self._backlog.popleft())
+        while self._waiting:
+            sid = self._waiting.popleft()
+            if sid in self._seqs:
+                self._issue_prefill(self._seqs[sid])
+        decode_busy = sum(1 for k, *_ in self._inflight.values() if k == "decode")
+        if not self._ready:
+            return
+        active = len(self._ready) + sum(len(v[1]) for v in self._inflight.values() if v[0] == "decode")
+        size = min(self.config.max_batch, max(1, math.ceil(active / self.lanes)))
+        # a lane leaves with a full share of the active sequences, or with what is ready when
+        # no decode step is in flight (nothing else will come back to fill it)
+        while self._ready and decode_busy < self.lanes and (len(self._ready) >= size or decode_busy == 0):
+            sids = []
+            while self._ready and len(sids) < size:
+                sid = self._ready.popleft()
+                if sid in self._seqs:
+                    sids.append(sid)
+            if sids:
+                self._issue_decode([self._seqs[s] for s in sids])
+                decode_busy += 1
+
+    def _chain(self, kind: str, seqs: list[_Seq], x: torch.Tensor, reserve: tuple | None) -> None:
+        sids = tuple(s.sid for s in seqs)
+        ref: Any = x
+        metas = []
+        last = len(self.stages) - 1
+        for i, st in enumerate(self.stages):
+            kw: dict[str, Any] = {}
+            if reserve is not None:
+                kw["reserve"] = reserve
+            if i == last:
+                kw["sample"] = tuple((s.sampling, len(s.out)) for s in seqs)
+            ref, meta = self.actors[st.device].step.options(num_returns=2).remote(st.id, sids, ref, **kw)
+            metas.append(meta)
+        bid = next(self._batch_ids)
+        for s in seqs:
+            s.state = "busy"
+            s.cache_on = True
+        self._inflight[bid] = (kind, sids, ref, metas)
+        ref.future().add_done_callback(lambda _f, b=bid: self._post(("done", b)))
+
+    def _issue_prefill(self, s: _Seq) -> None:
+        ids = s.prompt + s.out  # after a failure: continue where the sequence was
+        with self._lock:
+            self._st["prompt"] += len(ids)
+            self._st["prefills"] += 1
+        x = torch.tensor([ids], dtype=torch.long)
+        self._chain("prefill", [s], x, (len(s.prompt) + s.max_new,))
+
+    def _issue_decode(self, seqs: list[_Seq]) -> None:
+        x = torch.tensor([[s.out[-1]] for s in seqs], dtype=torch.long)
+        with self._lock:
+            self._st["steps"] += 1
+            self._st["step_members"] += len(seqs)
+        self._chain("decode", seqs, x, None)
+
+    # ------------------------------------------------------------ completions
+    def _done(self, bid: int) -> None:
+        import ray
+
+        kind, sids, ref, metas = self._inflight.pop(bid)
+        try:
+            toks = ray.get(ref)
+        except Exception as e:  # noqa: BLE001
+            self._batch_failed(kind, sids, e)
+            return
+        try:
+            ms = ray.get(metas)
+        except Exception:  # noqa: BLE001 - stats only
+            ms = []
+        self._record(kind, ms)
+        now = time.perf_counter()
+        for sid, tok in zip(sids, toks.tolist()):
+            s = self._seqs.get(sid)
+            if s is None or s.dead:
+                continue
+            s.out.append(int(tok))
+            if s.t_first is None:
+                s.t_first = now
+            if s.stream is not None:
+                s.stream.put(int(tok))
+            with self._lock:
+                self._st["gen"] += 1
+                self._st["t_last"] = now
+            if int(tok) in s.stops:
+                self._finish(sid, "stop")
+            elif len(s.out) >= s.max_new:
+                self._finish(sid, "length")
+            else:
+                s.state = "ready"
+                self._ready.append(sid)
+
+    def _record(self, kind: str, ms: list) -> None:
+        with self._lock:
+            for m in ms:
+                self._busy[m.device] = self._busy.get(m.device, 0.0) + m.duration
+                self._st["simulated"] = self._st["simulated"] or bool(m.simulated)
+                self._st["kv_peak"] = max(self._st["kv_peak"], int(m.kv_bytes))
+                self._steps.append((kind, m.device, m.start, m.duration, m.batch, m.shard))
+
+    def _batch_failed(self, kind: str, sids: tuple, err: BaseException) -> None:
+        from .dispatch import _is_infrastructure
+
+        devices = self._recover() if _is_infrastructure(err) else None
+        for sid in sids:
+            s = self._seqs.get(sid)
+            if s is None or s.dead:
+                continue
+            if devices is None:
+                self._fail(sid, RequestFailed(f"generation step ({kind}) of sequence {sid} failed: "
+                                              f"{type(err).__name__}: {err}", err))
+            elif isinstance(devices, str):
+                self._fail(sid, RequestFailed(
+                    f"generation of sequence {sid} failed: executor actor of device {devices!r} "
+                    f"did not come back within {self.recovery_timeout:g} s ({type(err).__name__})", err))
+            elif s.retries >= self.max_retries:
+                self._fail(sid, RequestFailed(
+                    f"generation of sequence {sid} failed after {s.retries} retries: "
+                    f"{type(err).__name__}: {err}", err))
+            else:
+                self._restart(s)
+
+    def _restart(self, s: _Seq) -> None:
+        s.retries += 1
+        with self._lock:
+            self._st["retries"] += 1
+        self._free([s.sid])
+        s.state = "waiting"
+        self._waiting.append(s.sid)
+
+    def _recover(self) -> set[str] | str:
+        """Wait for every device's actor to answer; reload shards where the actor restarted
+        (its pid changed) and restart the sequences whose caches it held. Returns the
+        devices reloaded, or the name of a device that did not come back."""
+        import ray
+
+        reloaded: set[str] = set()
+        deadline = time.perf_counter() + self.recovery_timeout
+        for d in self._devices:
+            while True:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    return d
+                try:
+                    pid = ray.get(self.actors[d].ping.remote(), timeout=min(left, 5.0))["pid"]
+                    break
+                except Exception:  # noqa: BLE001 - restarting or dead: try until the deadline
+                    time.sleep(0.2)
+            if pid != self._pids.get(d):
+                try:
+                    ray.get([self.actors[d].load_shard.remote(self.shards[s.id])
+                             for s in self.stages if s.device == d], timeout=max(left, 1.0))
+                except Exception:  # noqa: BLE001
+                    return d
+                self._pids[d] = pid
+                reloaded.add(d)
+        if reloaded:  # every sequence with a cache on a reloaded device lost it
+            for s in list(self._seqs.values()):
+                if s.state == "ready" and s.cache_on:
+                    self._ready.remove(s.sid)
+                    self._restart(s)
+        return reloaded
+
+    # ------------------------------------------------------------ endings
+    def _free(self, sids: list[int]) -> None:
+        for d in self._devices:
+            try:
+                self.actors[d].free.remote(tuple(sids))
+            except Exception:  # noqa: BLE001 - a dead actor holds nothing
+                pass
+
+    def _finish(self, sid: int, reason: str) -> None:
+        s = self._seqs.pop(sid)
+        if s.cache_on:
+            self._free([sid])
+        now = time.perf_counter()
+        text = None
+        if self.tokenizer is not None:
+            try:
+                text = self.tokenizer.decode(s.out)
+            except Exception:  # noqa: BLE001
+                text = None
+        res = GenerationResult(tuple(s.out), len(s.prompt), reason,
+                               (s.t_first or now) - s.t0, now - s.t0, s.retries, text)
+        with self._lock:
+            self._st["done"] += 1
+        if s.stream is not None:
+            s.stream.put(_END)
+        if not s.future.done():
+            s.future.set_result(res)
+
+    def _fail(self, sid: int, err: BaseException) -> None:
+        s = self._seqs.pop(sid, None)
+        if s is None:
+            return
+        s.dead = True
+        if s.state == "ready":
+            try:
+                self._ready.remove(sid)
+            except ValueError:
+                pass
+        for dq in (self._waiting, self._backlog):
+            try:
+                dq.remove(sid)
+            except ValueError:
+                pass
+        if s.cache_on:
+            self._free([sid])
+        with self._lock:
+            self._st["failed"] += 1
+        if s.stream is not None:
+            s.stream.put(_END)
+        if not s.future.done():
+            s.future.set_exception(err)
+
+    def _shutdown(self) -> None:
+        for sid in list(self._seqs):
+            self._fail(sid, RuntimeClosedError("the runtime shut down before this generation finished"))
+
+
+# ------------------------------------------------------------------ the runtime's side
+def plan_generation(model: Any, cluster: Any, cost_model: Any, policy: Any, config: GenerationConfig
+                    ) -> tuple[Any, Any, tuple[GenStage, ...], dict[int, Any]]:
+    """Place ``model``'s blocks for ``config.phase`` (:func:`policies.phase.place_phase`) and
+    cut them into shards: ``(plan, graph, stages, shards)``.
+
+    The step graphs carry the KV cache of ``max_batch`` sequences at ``max_context``
+    positions on every layer node, so the plan's memory per device includes it and a
+    device it does not fit is not given those layers.
+    """
+    from graphs.decoding import DecoderShard, shard_ranges
+    from policies.phase import place_phase
+
+    c = model.config
+    p = next(model.parameters(), None)
+    itemsize = p.element_size() if p is not None else 4
+    if config.max_context > c.max_position:
+        raise RuntimeConfigError(f"generation max_context {config.max_context} exceeds the model's "
+                                 f"context of {c.max_position} positions (config {c.name!r})")
+    plan, graph, _ = place_phase(policy, c, cluster, cost_model, config.phase,
+                                 prompt_len=min(config.prompt_len, config.max_context - 1),
+                                 new_tokens=config.new_tokens, max_batch=config.max_batch,
+                                 max_context=config.max_context, itemsize=itemsize)
+    stages, shards = [], {}
+    for i, (dev, lo, hi) in enumerate(shard_ranges(c, plan.assignment)):
+        sid = 1000 + i  # apart from the fx partitions' ids on the same executors
+        shard = DecoderShard(model, lo, hi, id=sid)
+        stages.append(GenStage(sid, dev, lo, hi, shard.blocks))
+        shards[sid] = shard
+    return plan, graph, tuple(stages), shards
+
+
+class GenerationService:
+    """What :class:`scheduler.Runtime` delegates its generation methods to: checks the
+    requests, starts the engine on first use, and owns it until shutdown."""
+
+    def __init__(self, model: Any, config: GenerationConfig, plan: Any, graph: Any,
+                 stages: Sequence[GenStage], shards: Mapping[int, Any], actors: Mapping[str, Any], *,
+                 power: Mapping[str, Any], max_retries: int, recovery_timeout: float):
+        self.model = model
+        self.config = config
+        self.plan, self.graph, self.stages = plan, graph, tuple(stages)
+        self._shards = dict(shards)
+        self._actors = actors
+        self._power = dict(power)
+        self._max_retries, self._recovery_timeout = max_retries, recovery_timeout
+        self.tokenizer = getattr(model, "tokenizer", None)
+        self._engine: GenerationEngine | None = None
+        self._lock = threading.Lock()
+
+    def engine(self) -> GenerationEngine:
+        """The engine, started (shards loaded on their actors) on first use."""
+        with self._lock:
+            if self._engine is None:
+                eng = GenerationEngine(self.stages, {s.device: self._actors[s.device] for s in self.stages},
+                                       self._shards, self.config, model_config=self.model.config,
+                                       power=self._power, max_retries=self._max_retries,
+                                       recovery_timeout=self._recovery_timeout, tokenizer=self.tokenizer)
+                eng.load()
+                self._engine = eng
+            return self._engine
+
+    def submit(self, prompt: Any, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
+               top_p: float = 1.0, seed: int | None = None, stop: Sequence[int] | None = None,
+               timeout: float | None = None, stream: bool = False) -> GenerationFuture:
+        from graphs.decoding import check_prompt
+        from graphs.sampling import SamplingParams
+
+        ids = check_prompt(self.model.config, prompt, max_new_tokens)
+        if len(ids) + max_new_tokens > self.config.max_context:
+            raise RuntimeConfigError(
+                f"prompt of {len(ids)} tokens + max_new_tokens {max_new_tokens} = "
+                f"{len(ids) + max_new_tokens} positions exceeds the runtime's generation max_context "
+                f"{self.config.max_context} (the KV cache the plan reserves per sequence); pass "
+                f"generation={{'max_context': ...}} to the Runtime")
+        sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        if stop is None:
+            eos = getattr(self.tokenizer, "eos_id", None)
+            stop = () if eos is None else (eos,)
+        stop = tuple(stop)
+        for t in stop:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.model.config.vocab:
+                raise RuntimeConfigError(f"stop token {t!r} is not a token id in [0, "
+                                         f"{self.model.config.vocab - 1}]")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not math.isfinite(timeout) or timeout <= 0):
+            raise RuntimeConfigError(f"timeout must be a finite number of seconds > 0 or None, got {timeout!r}")
+        return self.engine().submit(ids, max_new_tokens, sampling, stop, timeout, stream=stream)
+
+    def stats(self) -> GenerationStats:
+        return self.engine().stats()
+
+    def kv_stats(self) -> dict[str, dict]:
+        """device -> the executor's KV-cache counters (sequences, bytes)."""
+        import ray
+
+        devs = list(dict.fromkeys(s.device for s in self.stages))
+        return dict(zip(devs, ray.get([self._actors[d].kv_stats.remote() for d in devs])))
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
