@@ -150,10 +150,8 @@ class ExecutorHost:
         from .serialization import register
 
         register()  # the outputs this actor returns travel as NumPy arrays (see there)
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(int(threads))
+        self._threads = None if threads is None else int(threads)
+        self._pin_threads()
         head = device_name.partition(":")[0]
         if head in ("cuda", "npu") and "local_index" not in kw:
             kw["local_index"] = _local_index(head)
@@ -165,6 +163,16 @@ class ExecutorHost:
 
             freeze_gc_once()
 
+    def _pin_threads(self) -> None:
+        """Set torch's thread count in the calling thread. Ray runs actor methods on its own
+        threads, and OpenMP's thread count is a per-thread setting: without this, a method's
+        thread ran with the process default (OMP_NUM_THREADS=1 under Ray) -- measured here,
+        a SmolLM2 decode step took 35.5 ms in the actor against 31.4 ms in process."""
+        if self._threads is not None:
+            import torch
+
+            torch.set_num_threads(self._threads)
+
     def load(self, partition: Any, predicted: float | None = None) -> int:
         """Load a partition; returns its id."""
         self.executor.load(partition, predicted)
@@ -172,6 +180,7 @@ class ExecutorHost:
 
     def run(self, partition_id: int, *args: Any, request: Any = None) -> ExecutionResult:
         """Run a loaded partition; the result carries the outputs."""
+        self._pin_threads()
         return self.executor.run(partition_id, *args, request=request)
 
     def run_group(self, partition_id: int, requests: tuple, select: tuple | None,
@@ -210,6 +219,7 @@ class ExecutorHost:
             >>> h.run_group(0, (7, 8), None, 1, [True, False], Kept("g1", "add"), drop="g1")[0]
             [None, tensor([3.])]
         """
+        self._pin_threads()
         outputs = self.executor.partition(partition_id).outputs
         n_out, n = len(outputs), len(requests)
         columns = tuple(self._kept(c) if isinstance(c, Kept) else c for c in columns)
@@ -277,7 +287,8 @@ class ExecutorHost:
         return int(shard.id)
 
     def step(self, shard_id: int, seq_ids: tuple, x: Any, *, reserve: tuple | None = None,
-             sample: tuple | None = None, all_logits: bool = False) -> tuple[Any, StepMeta]:
+             sample: tuple | None = None, all_logits: bool = False, steps: int = 1
+             ) -> tuple[Any, StepMeta]:
         """One step of a hosted shard: ``(output, StepMeta)``; call it with
         ``.options(num_returns=2)`` so the output and the meta are separate objects (see
         :meth:`executors.base.Executor.step`).
@@ -293,8 +304,9 @@ class ExecutorHost:
             >>> out.shape, meta.shard, h.kv_stats()["sequences"], h.free((1,)) > 0
             (torch.Size([1, 256]), 3, 1, True)
         """
+        self._pin_threads()
         return self.executor.step(shard_id, seq_ids, x, reserve=reserve, sample=sample,
-                                  all_logits=all_logits)
+                                  all_logits=all_logits, steps=steps)
 
     def free(self, seq_ids: tuple) -> int:
         """Drop these sequences' caches in every hosted shard; returns the bytes freed."""

@@ -59,6 +59,20 @@ class TestEquivalence:
                 got = [list(rt.generate(p, max_new_tokens=10).tokens) for p in PROMPTS]
                 assert got == want, devices
 
+    def test_multi_step_decoding_on_one_shard_equals_one_step_at_a_time(self, ray_session, tiny):
+        gen = GenerationConfig(max_batch=8, max_context=128, steps_per_call=5)
+        with _runtime(tiny, ["cpu"], generation=gen) as rt:
+            assert len(rt.generation_stages) == 1
+            ref = generate_local(tiny, PROMPTS[1], 23)
+            stop = ref[7]
+            r = rt.generate(PROMPTS[1], max_new_tokens=23, stop=[stop])
+            assert list(r.tokens) == ref[: ref.index(stop) + 1]  # tokens after the stop are dropped
+            futs = [rt.submit_generate(p, max_new_tokens=13) for p in PROMPTS]  # 13: not a multiple of 5
+            assert [list(f.result(timeout=60).tokens) for f in futs] == [generate_local(tiny, p, 13)
+                                                                        for p in PROMPTS]
+            assert list(rt.generate_stream(PROMPTS[0], max_new_tokens=11)) == generate_local(tiny, PROMPTS[0], 11)
+            assert all(v["sequences"] == 0 and v["bytes"] == 0 for v in rt.kv_stats().values())
+
     def test_llama_style_config(self, ray_session):
         m = decoder("tiny-llama", seed=3)
         with _runtime(m, TRIO[:2], policy="round-robin") as rt:
