@@ -16,6 +16,7 @@ from graphs import models as M
 from policies.roofline import RooflineCostModel
 from scheduler import cli
 from scheduler.cli import EDGE_TRIO, main, parse_size
+from scheduler.cli.common import fmt_s
 from scheduler.errors import CLIError
 from scheduler.runtime import build_cluster
 
@@ -140,6 +141,18 @@ class TestPlace:
         assert rc == 0
         assert [r["device"] for r in json.loads(out)["devices"]] == ["sim:jetson-orin-nx", "sim:edge-cpu-a76"]
 
+    def test_named_cpu_devices(self, capsys):
+        rc, out, _ = run(capsys, "place", "--model", "tiny", "--devices", "cpu:0,cpu:1", "--policy",
+                         "round-robin", "--json")
+        assert rc == 0
+        doc = json.loads(out)
+        assert [r["device"] for r in doc["devices"]] == ["cpu:0", "cpu:1"]
+        assert {d for _, d in doc["plan"]["assignment"]} == {"cpu:0", "cpu:1"}
+
+    def test_bad_cpu_index(self, capsys):
+        rc, _, err = run(capsys, "place", "--model", "tiny", "--devices", "cpu:x")
+        assert_one_line_error(rc, err, "unknown device 'cpu:x'", "cpu:<N>")
+
 
 class TestSizes:
     def test_units(self):
@@ -246,6 +259,15 @@ class TestErrors:
             "hetsched: error: unknown policy 'nope'; valid choices: "
             + ", ".join(sorted(policies.available()))]
 
+    def test_closed_pipe_prints_no_traceback(self, tmp_path):
+        """`hetsched bench --list | head -1`: the reader stops early; exit 1, stderr clean."""
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        p = subprocess.Popen([sys.executable, "-m", "scheduler", "bench", "--list"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, cwd=ROOT, env=env)
+        p.stdout.close()  # nothing reads: the first write raises BrokenPipeError
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=120) == 1 and err == ""
+
 
 # --------------------------------------------------------------------------- bench
 class TestBench:
@@ -300,7 +322,7 @@ def test_demo_serves_the_stream_on_ray(capsys, tmp_path, ray_session):
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     st = summary["decoder"]["stats"]
-    assert st["completed"] == 6 and f"latency p50 {cli._fmt_s(st['latency_p50'])}" in out
+    assert st["completed"] == 6 and f"latency p50 {fmt_s(st['latency_p50'])}" in out
     if not fashion_mnist_available():
         assert summary["gate"] is None and "no exit rate to report" in out
         return

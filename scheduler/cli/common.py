@@ -1,0 +1,381 @@
+"""What the ``hetsched`` commands share: the parser, option groups, output and plan tables.
+
+* :class:`Parser`: argparse with one-line errors (``hetsched: error: ...``, status 2);
+  :func:`parse_size` and the argument types :func:`arg_size`, :func:`positive_int`,
+  :func:`fraction`, :func:`positive_float`;
+* the option groups :func:`add_model_options` (``--model``/``--graph``, ``--seq-len``, ...)
+  and :func:`add_placement_options` (``--devices``, ``--policy``, ``--objective``, ...);
+* :func:`echo` (results to stdout) and :func:`ticker` (a progress line on stderr);
+* from options to objects: :func:`parse_devices`, :func:`make_cluster` (with
+  ``--mem-limit`` caps), :func:`make_policy`, :func:`capture_graph`, :func:`cost_model`,
+  :func:`capture_and_place`;
+* text: :func:`graph_line`, :func:`plan_tables` (the plan as the devices/partitions/nodes
+  tables ``place``, ``simulate`` and ``demo`` print), :func:`fmt_s`, :func:`indent`.
+
+Example:
+    >>> parse_devices(["jetson-orin-nx,sim:edge-cpu-a76", "cpu"])
+    ['sim:jetson-orin-nx', 'sim:edge-cpu-a76', 'cpu']
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import re
+import sys
+import threading
+from typing import Any, Iterator, Sequence
+
+from graphs.errors import UnknownNameError
+
+from ..errors import CLIError
+
+#: The simulated edge trio the demo runs on: an Ascend 310B-class NPU, a Jetson Orin NX
+#: GPU and a Cortex-A76 CPU (see ``hetsched profiles list``).
+EDGE_TRIO = ("sim:atlas-200i-a2", "sim:jetson-orin-nx", "sim:edge-cpu-a76")
+OBJECTIVES = ("latency", "throughput", "energy")
+#: The reference decoder configs, as :func:`graphs.models.configs` names them (spelled out
+#: here so that building the parser does not import torch; a test keeps the two equal).
+DECODER_CONFIGS = ("tiny", "small", "1b", "smollm2-135m", "tiny-llama")
+
+
+# ----------------------------------------------------------------------------- parsing
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``hetsched: error: ...`` and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        msg = " ".join(str(message).split())
+        sys.stderr.write(f"hetsched: error: {self.prog}: {msg} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
+               "t": 1e12, "tb": 1e12, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+
+def parse_size(text: str) -> float:
+    """Bytes of a size like ``512MB``, ``1.5GiB``, ``2e9`` or ``4096`` (> 0).
+
+    Example:
+        >>> parse_size("1.5GiB"), parse_size("512MB"), parse_size("2e3")
+        (1610612736.0, 512000000.0, 2000.0)
+        >>> parse_size("lots")
+        Traceback (most recent call last):
+        ...
+        scheduler.errors.CLIError: bad size 'lots': give bytes as a number with an optional unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 512MB
+    """
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else None
+    if not m or unit not in _SIZE_UNITS:
+        raise CLIError(f"bad size {text!r}: give bytes as a number with an optional unit "
+                       "(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 512MB")
+    v = float(m.group(1)) * _SIZE_UNITS[unit]
+    if not (v > 0 and math.isfinite(v)):
+        raise CLIError(f"bad size {text!r}: it must be > 0")
+    return v
+
+
+def arg_size(text: str) -> float:
+    """argparse type: :func:`parse_size`, its error as an argparse error."""
+    try:
+        return parse_size(text)
+    except CLIError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return v
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return v
+
+
+def add_model_options(p: argparse.ArgumentParser, *, default_model: str, graph_file: bool,
+                      models: Sequence[str] = ("tiny", "small", "1b")) -> None:
+    """The ``model`` group: ``--model`` (one of ``models``; with ``graph_file``, exclusive with
+    ``--graph FILE``), ``--seq-len``, ``--batch``, ``--granularity``."""
+    g = p.add_argument_group("model")
+    src = g.add_mutually_exclusive_group() if graph_file else g
+    sizes = {"tiny": "tiny: 2 layers", "small": "small: 4 layers", "1b": "1b: 26 layers (1.4B params)",
+             "smollm2-135m": "smollm2-135m: 30 layers (SmolLM2-135M, Llama-style)",
+             "tiny-llama": "tiny-llama: 2 layers, Llama-style"}
+    src.add_argument("--model", choices=models, default=None,
+                     help=f"reference decoder config (default {default_model}); "
+                          + ", ".join(sizes[m] for m in models))
+    if graph_file:
+        src.add_argument("--graph", metavar="FILE",
+                         help="an op graph saved with graphs.save (JSON) instead of --model")
+    g.add_argument("--seq-len", type=positive_int, default=32,
+                   help="prefill length in tokens (default 32)")
+    g.add_argument("--batch", type=positive_int, default=1, help="batch size (default 1)")
+    g.add_argument("--granularity", choices=("op", "module", "layer"), default="layer",
+                   help="graph granularity the policy places (default layer)")
+    p.set_defaults(default_model=default_model)
+
+
+def add_placement_options(p: argparse.ArgumentParser, *, default_policy: str,
+                          default_objective: str, mem_limit: bool = True) -> None:
+    """The ``placement`` group: ``--devices``, ``--policy``, ``--objective``, ``--option`` and,
+    with ``mem_limit``, ``--mem-limit``."""
+    g = p.add_argument_group("placement")
+    g.add_argument("--devices", nargs="+", metavar="DEV", default=list(EDGE_TRIO),
+                   help="devices: sim:<profile name or file>, cpu, cpu:N, cuda:N, npu:N; a bare "
+                        "profile name means sim:<name>; commas also separate (default: the edge trio "
+                        + " ".join(EDGE_TRIO) + ")")
+    g.add_argument("--policy", default=default_policy,
+                   help=f"placement policy (default {default_policy}; `hetsched policies` lists them)")
+    g.add_argument("--objective", choices=OBJECTIVES, default=default_objective,
+                   help=f"what the policy optimises (default {default_objective})")
+    g.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a policy option (value parsed as JSON, else a string); repeatable")
+    if mem_limit:
+        g.add_argument("--mem-limit", action="append", default=[], metavar="[DEV=]SIZE",
+                       help="cap a device's memory (e.g. sim:jetson-orin-nx=64MB), or every "
+                            "device's without DEV=; repeatable")
+
+
+
+def need_action(p: argparse.ArgumentParser, name: str) -> int:
+    """What a command with actions runs when given none: a one-line usage error."""
+    p.error(f"{name} needs an action")
+    return 2  # pragma: no cover
+
+
+
+# --------------------------------------------------------------------------- helpers
+def echo(*lines: str) -> None:
+    """Print ``lines`` to stdout (results; progress goes to stderr), flushed."""
+    print("\n".join(lines), flush=True)
+
+
+@contextlib.contextmanager
+def ticker(desc: str) -> Iterator[None]:
+    """A progress line with elapsed seconds, for a blocking step (refreshed from a thread)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, desc=desc, file=sys.stderr, leave=False,
+               bar_format="{desc}: {elapsed}", disable=None)
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(0.5):
+            bar.refresh()
+
+    t = threading.Thread(target=tick, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+        bar.close()
+
+
+def parse_devices(items: Sequence[str]) -> list[str]:
+    """The ``--devices`` words as device names: commas split, a bare profile name means
+    ``sim:<name>``; none, or one listed twice, is a :class:`CLIError`."""
+    out = []
+    for item in items:
+        for d in str(item).split(","):
+            d = d.strip()
+            if not d:
+                continue
+            if d == "cpu" or d.startswith(("sim:", "cpu:", "cuda", "npu")):
+                out.append(d)
+            else:
+                out.append("sim:" + d)  # a bare profile name
+    if not out:
+        raise CLIError("--devices names no device; valid forms: sim:<profile>, cpu, cpu:N, cuda:N, "
+                       "npu:N")
+    dup = sorted({d for d in out if out.count(d) > 1})
+    if dup:
+        raise CLIError(f"device(s) listed twice in --devices: {', '.join(dup)}")
+    return out
+
+
+def make_cluster(devices: Sequence[str], mem_limits: Sequence[str] = ()):
+    """The cluster of ``devices`` with the ``--mem-limit`` caps (``[DEV=]SIZE``) applied."""
+    from executors.devices import Cluster
+
+    from ..runtime import build_cluster
+
+    cluster = build_cluster(devices)
+    if not mem_limits:
+        return cluster
+    caps: dict[str, float] = {}
+    for item in mem_limits:
+        dev, sep, size = str(item).rpartition("=")
+        if sep and not dev:
+            raise CLIError(f"--mem-limit {item!r}: give [DEV=]SIZE, e.g. sim:jetson-orin-nx=64MB")
+        targets = [dev] if sep else list(cluster.names)
+        for d in targets:
+            if d not in cluster:
+                d2 = "sim:" + d
+                if d2 not in cluster:
+                    raise UnknownNameError("device in --mem-limit", d, cluster.names)
+                d = d2
+            caps[d] = parse_size(size)
+    specs = {n: (s.replace(mem_capacity=caps[n]) if n in caps else s) for n, s in cluster.specs.items()}
+    return Cluster(names=cluster.names, specs=specs, links=dict(cluster.links),
+                   default_link=cluster.default_link)
+
+
+def make_policy(name: str, objective: str, options: Sequence[str]):
+    """The registered policy ``name`` with the ``--option KEY=VALUE`` options (values parsed
+    as JSON, else strings), and ``objective`` unless an option sets it."""
+    import policies
+
+    opts: dict[str, Any] = {}
+    for item in options:
+        k, sep, v = str(item).partition("=")
+        if not sep or not k:
+            raise CLIError(f"--option {item!r}: give KEY=VALUE, e.g. time_limit=5")
+        try:
+            opts[k] = json.loads(v)
+        except json.JSONDecodeError:
+            opts[k] = v
+    opts.setdefault("objective", objective)
+    return policies.get(name, **opts)
+
+
+def capture_graph(args: argparse.Namespace, *, real: bool = False):
+    """(graph, model or None, example inputs or None) for --model / --graph."""
+    import graphs
+
+    if getattr(args, "graph", None):
+        path = args.graph
+        if not os.path.isfile(path):
+            raise CLIError(f"--graph {path!r}: no such file")
+        g = graphs.load(path)
+        if not any("kind" in a and "flops" in a for _, a in g.nodes(data=True)):
+            raise CLIError(
+                f"--graph {path!r} is not an op graph (its nodes have no 'kind'/'flops' "
+                "attributes; an abstract task graph needs a table cost model: place it from "
+                "Python with policies.abstract.RelatedMachines or TableCostModel)")
+        return g, None, None
+    from graphs import models as M
+
+    name = args.model or args.default_model
+    cfg = M.get_config(name)
+    if args.seq_len > cfg.max_position:
+        raise CLIError(f"--seq-len {args.seq_len} exceeds config {name!r}'s maximum of "
+                       f"{cfg.max_position} positions")
+    model = M.pangu_embedded(name, device="cpu" if real else "meta")
+    x = M.example_inputs(model, batch=args.batch, seq_len=args.seq_len)
+    g = graphs.capture(model, x, granularity=args.granularity)
+    return g, model, x
+
+
+def graph_line(g) -> str:
+    """One line about ``g``: name, nodes, granularity, FLOPs and parameter bytes per request."""
+    from ..tables import format_value
+
+    return (f"{g.name or 'graph'}: {g.number_of_nodes()} nodes at {g.granularity} granularity, "
+            f"{format_value('flops', g.total('flops'))} and "
+            f"{format_value('param_bytes', g.total('param_bytes'))} of parameters per request")
+
+
+def indent(lines: Sequence[str], prefix: str = "  ") -> list[str]:
+    """Every line of ``lines`` (each may hold several) with ``prefix``; blank lines stay blank."""
+    return [prefix + ln if ln else "" for text in lines for ln in text.split("\n")]
+
+
+def plan_tables(plan, graph, cluster, *, nodes: bool = False, title: str = "",
+                measure: str = "latency", unit: str = "request") -> list[str]:
+    """The plan as text: a headline (``measure``: the makespan; period, energy per ``unit``),
+    the partitions table (a captured graph only), the devices table (busy time and peak
+    memory of one ``unit``) and, with ``nodes``, one row per node."""
+    from ..tables import device_rows, format_table, format_value, node_rows, partition_rows
+
+    lines = []
+    head = title or f"plan by {plan.policy} (objective {plan.objective})"
+    per = "" if plan.period is None else (
+        f", period {fmt_s(plan.period)} (throughput {1 / plan.period:.4g} {unit}s/s)")
+    energy = "" if plan.energy is None else \
+        f", energy {format_value('energy_j', plan.energy)} per {unit}"
+    lines.append(f"{head}: predicted {measure} {fmt_s(plan.makespan)}{per}{energy}")
+    if graph.graph.get("module") is not None:
+        from graphs.partition import partition
+
+        pm = partition(graph, plan.assignment)
+        pred = pm.predicted(graph, cost_model(cluster))
+        lines += ["", "partitions (one fx submodule each; predicted time on its device):",
+                  format_table(partition_rows(pm, pred),
+                               ["partition", "device", "nodes", "flops", "param_bytes",
+                                "out_bytes", "predicted_s"])]
+    lines += ["", f"devices (predicted busy time and peak memory of one {unit}):",
+              format_table(device_rows(plan, cluster),
+                           ["device", "kind", "nodes", "busy_s", "utilisation", "memory_bytes",
+                            "capacity_bytes"])]
+    if nodes:
+        lines += ["", "nodes:", format_table(node_rows(plan, graph))]
+    return lines
+
+
+_COST_MODELS: dict[int, Any] = {}
+
+
+def cost_model(cluster):
+    """The roofline cost model of ``cluster`` (the last one is cached, so tables reuse it)."""
+    from policies.roofline import RooflineCostModel
+
+    key = id(cluster)
+    if key not in _COST_MODELS:
+        _COST_MODELS.clear()
+        _COST_MODELS[key] = (cluster, RooflineCostModel(cluster))
+    return _COST_MODELS[key][1]
+
+
+def simulate_module():
+    """``scheduler.simulate`` the module (the package re-exports a function of that name)."""
+    import importlib
+
+    return importlib.import_module("scheduler.simulate")
+
+
+def fmt_s(v: float) -> str:
+    """Seconds as the tables print them (``1.311 ms``)."""
+    from ..tables import format_value
+
+    return format_value("t_s", v)
+
+
+def capture_and_place(args: argparse.Namespace, *, real: bool = False):
+    """Capture (or load) the graph of ``args`` and place it: ``(graph, cluster, plan, model,
+    inputs)``; ``real`` builds the model with weights on the CPU, not on the meta device."""
+    devices = parse_devices(args.devices)
+    cluster = make_cluster(devices, getattr(args, "mem_limit", ()))
+    policy = make_policy(args.policy, args.objective, args.option)
+    with ticker("capturing the model"):
+        graph, model, x = capture_graph(args, real=real)
+    plan = policy.place(graph, cluster, cost_model(cluster))
+    return graph, cluster, plan, model, x
+
