@@ -285,6 +285,7 @@ class GenerationEngine:
         self._inflight: dict[int, tuple] = {}  # batch id -> (kind, sids, out_ref, meta_refs)
         self._batch_ids = itertools.count()
         self._pids: dict[str, int] = {}
+        self._free_refs: list = []  # frees sent, not known to be done
         self._closed = False
         self._lock = threading.Lock()
         self._reset_stats()
@@ -621,11 +622,30 @@ class GenerationEngine:
 
     # ------------------------------------------------------------ endings
     def _free(self, sids: list[int]) -> None:
+        refs = []
         for d in self._devices:
             try:
-                self.actors[d].free.remote(tuple(sids))
+                refs.append(self.actors[d].free.remote(tuple(sids)))
             except Exception:  # noqa: BLE001 - a dead actor holds nothing
                 pass
+        with self._lock:
+            self._free_refs.extend(refs)
+            if len(self._free_refs) > 256:  # forget the frees that are done
+                import ray
+
+                done, rest = ray.wait(self._free_refs, num_returns=len(self._free_refs), timeout=0,
+                                      fetch_local=False)
+                self._free_refs = rest
+
+    def frees_done(self, timeout: float = 30.0) -> None:
+        """Wait until every cache free sent so far has run on its actor (a free queues behind
+        the steps already sent to that actor)."""
+        import ray
+
+        with self._lock:
+            refs, self._free_refs = self._free_refs, []
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=False)
 
     def _finish(self, sid: int, reason: str) -> None:
         s = self._seqs.pop(sid)
@@ -769,8 +789,11 @@ class GenerationService:
         return self.engine().stats()
 
     def kv_stats(self) -> dict[str, dict]:
-        """device -> the executor's KV-cache counters (sequences, bytes)."""
+        """device -> the executor's KV-cache counters (sequences, bytes), once the frees of the
+        sequences that ended have run."""
         import ray
+
+        self.engine().frees_done()
 
         devs = list(dict.fromkeys(s.device for s in self.stages))
         return dict(zip(devs, ray.get([self._actors[d].kv_stats.remote() for d in devs])))

@@ -23,20 +23,7 @@ from scheduler.runtime import build_cluster
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run(capsys, *argv):
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, err, *needles):
-    assert rc == 2
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("hetsched: error: ")
-    for n in needles:
-        assert n in lines[0], lines[0]
+from tests._cli import assert_one_line_error, run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -305,7 +292,7 @@ def test_demo_serves_the_stream_on_ray(capsys, tmp_path, ray_session):
     from graphs.datasets import fashion_mnist_available
 
     rc, out, err = run(capsys, "demo", "--model", "tiny", "--seq-len", "16", "--requests", "6",
-                       "--in-flight", "2", "--no-1b", "--out", str(tmp_path))
+                       "--in-flight", "2", "--no-1b", "--no-generate", "--out", str(tmp_path))
     assert rc == 0, err
     assert "6 of 6 requests completed, 0 failed" in out
     assert "the first request equals the unpartitioned model" in out

@@ -21,20 +21,7 @@ PAIR = ("sim:atlas-200i-a2", "sim:edge-cpu-a76")
 WORK = dict(prompt_len=128, new_tokens=128, max_batch=1, max_context=256, itemsize=4)  # the defaults
 
 
-def run(capsys, *argv):
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def assert_one_line_error(rc, err, *needles):
-    assert rc == 2
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("hetsched: error: ")
-    for n in needles:
-        assert n in lines[0], lines[0]
+from tests._cli import assert_one_line_error, run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
