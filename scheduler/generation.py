@@ -286,6 +286,7 @@ class GenerationEngine:
         self._batch_ids = itertools.count()
         self._pids: dict[str, int] = {}
         self._free_refs: list = []  # frees sent, not known to be done
+        self._open: set[int] = set()  # sequence ids submitted and not ended (any thread)
         self._closed = False
         self._lock = threading.Lock()
         self._reset_stats()
@@ -324,6 +325,8 @@ class GenerationEngine:
         deadline = None if timeout is None else time.perf_counter() + timeout
         seq = _Seq(sid, list(prompt), max_new_tokens, sampling, frozenset(stop_ids), fut, q, deadline)
         fut._stream = q  # type: ignore[attr-defined]
+        with self._lock:
+            self._open.add(sid)
         self._post(("new", seq))
         return fut
 
@@ -370,8 +373,8 @@ class GenerationEngine:
 
     @property
     def in_flight(self) -> int:
-        """Sequences submitted and not finished."""
-        return len(self._seqs)
+        """Sequences submitted and not ended."""
+        return len(self._open)
 
     # ------------------------------------------------------------ the loop
     def _post(self, ev: tuple) -> None:
@@ -662,6 +665,7 @@ class GenerationEngine:
                                (s.t_first or now) - s.t0, now - s.t0, s.retries, text)
         with self._lock:
             self._st["done"] += 1
+            self._open.discard(sid)
         if s.stream is not None:
             s.stream.put(_END)
         if not s.future.done():
@@ -686,6 +690,7 @@ class GenerationEngine:
             self._free([sid])
         with self._lock:
             self._st["failed"] += 1
+            self._open.discard(sid)
         if s.stream is not None:
             s.stream.put(_END)
         if not s.future.done():
@@ -798,6 +803,14 @@ class GenerationService:
         devs = list(dict.fromkeys(s.device for s in self.stages))
         return dict(zip(devs, ray.get([self._actors[d].kv_stats.remote() for d in devs])))
 
-    def close(self) -> None:
-        if self._engine is not None:
-            self._engine.close()
+    def close(self, wait: bool = False, timeout: float | None = 30.0) -> None:
+        """Stop the engine; with ``wait``, let the sequences in flight finish first (up to
+        ``timeout`` seconds), then fail what is left with RuntimeClosedError."""
+        eng = self._engine
+        if eng is None:
+            return
+        if wait:
+            deadline = None if timeout is None else time.perf_counter() + timeout
+            while eng.in_flight and (deadline is None or time.perf_counter() < deadline):
+                time.sleep(0.01)
+        eng.close()

@@ -789,7 +789,7 @@ class Runtime:
         if self._adaptive is not None:
             self._adaptive.stop()
         if self._generation is not None:
-            self._generation.close()
+            self._generation.close(wait=wait and not self._closed, timeout=timeout)
         d = self._dispatcher
         if d is not None and not d._closed:
             if wait and not self._closed:

@@ -220,3 +220,14 @@ class TestReplay:
         # the replay's timeline: one prefill walk, then each decode step walks every shard in order
         assert [c[0] for c in sim.calls].count("prefill") == len(stages)
         assert sim.decode_tokens_per_s == pytest.approx(9 / sim.decode_time)
+
+
+def test_shutdown_waits_for_generations_in_flight_then_refuses_new_ones(ray_session, tiny):
+    from scheduler.errors import RuntimeClosedError
+
+    rt = _runtime(tiny, ["cpu"])
+    f = rt.submit_generate([1, 2, 3], max_new_tokens=30)
+    rt.shutdown()
+    assert list(f.result(timeout=1).tokens) == generate_local(tiny, [1, 2, 3], 30)
+    with pytest.raises(RuntimeClosedError):
+        rt.generate([1], max_new_tokens=2)
