@@ -11,6 +11,15 @@
 Results are plain data (dicts and :class:`PartitionTiming`), so the policies package can
 fit a calibrated cost model from them without importing executors.
 
+The host CPU's own numbers (what a real ``cpu`` device is planned with) come from
+:func:`measure_host`: a float32 matmul and a large copy, each timed as the median of
+several batches of at least :data:`HOST_MIN_SECONDS` in all, with outlier batches
+rejected (:func:`robust_median`), on one torch thread and its CPU-time clock (what an
+executor actor runs with, and blind to other processes preempting this one). Where a
+calibrated host profile exists (:func:`host_profile_path`: ``$HETSCHED_HOST_PROFILE`` or
+``out/host-cpu.toml``, written by ``hetsched profiles calibrate``) its numbers are used,
+and a measurement more than 3x away from them raises a :class:`ProfileMismatchWarning`.
+
 Example:
     >>> import torch
     >>> from graphs.capture import capture
@@ -22,8 +31,11 @@ Example:
 """
 from __future__ import annotations
 
+import math
+import os
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Mapping, Sequence
 
@@ -34,7 +46,9 @@ from graphs.opgraph import OpGraph
 
 from .errors import ExecutorError
 
-__all__ = ["measure_nodes", "measure_partitions", "contiguous_chunks", "PartitionTiming", "CLOCKS"]
+__all__ = ["measure_nodes", "measure_partitions", "contiguous_chunks", "PartitionTiming", "CLOCKS",
+           "robust_median", "measure_rate", "Rate", "measure_host", "host_profile_path",
+           "check_against_profile", "ProfileMismatchWarning", "HOST_PROFILE_ENV", "HOST_MIN_SECONDS"]
 
 _DEVICELESS = ("input", "output", "param")
 #: Clocks a measurement can read: wall time, or the calling thread's CPU time.
@@ -197,3 +211,206 @@ def measure_partitions(graph: OpGraph, inputs: Any, chunks: int | Mapping[Hashab
         out.append(PartitionTiming(nodes=tuple(p.nodes), seconds=statistics.median(times[p.id]),
                                    flops=int(p.flops), label=lab))
     return out
+
+
+# ------------------------------------------------------------------ the host CPU's numbers
+#: Environment variable naming the host's calibrated profile (a file path or a built-in name).
+HOST_PROFILE_ENV = "HETSCHED_HOST_PROFILE"
+#: Where ``hetsched profiles calibrate`` writes by default (relative to the working directory).
+DEFAULT_HOST_PROFILE = os.path.join("out", "host-cpu.toml")
+#: Seconds of timed work (at least) behind each host number.
+HOST_MIN_SECONDS = 0.05
+#: A measurement this many times above or below the stored profile warns.
+PROFILE_TOLERANCE = 3.0
+
+
+class ProfileMismatchWarning(RuntimeWarning):
+    """The host CPU measured now is far from its calibrated profile (a loaded machine or a
+    stale profile)."""
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A throughput measured by :func:`measure_rate`."""
+
+    value: float  # units per second: median over the kept batches
+    samples: tuple[float, ...]  # units per second of every timed batch, in order
+    rejected: int  # batches rejected as outliers
+    seconds: float  # timed seconds in all (warm-up excluded)
+    batch: int  # calls per timed batch
+
+
+def robust_median(samples: Sequence[float], k: float = 3.0) -> tuple[float, list[float], list[float]]:
+    """``(median, kept, rejected)``: the median of ``samples`` after dropping those more than
+    ``k`` robust standard deviations from the median (``1.4826 * MAD``, floored at 1% of
+    the median so that near-identical samples do not reject each other).
+
+    Example:
+        >>> med, kept, rejected = robust_median([110, 104, 2.3, 128, 129, 112, 108])
+        >>> med, rejected
+        (111.0, [2.3])
+    """
+    xs = [float(x) for x in samples]
+    if not xs or not all(math.isfinite(x) for x in xs):
+        raise ExecutorError(f"robust_median needs finite samples, got {list(samples)!r}")
+    med = statistics.median(xs)
+    scale = max(1.4826 * statistics.median(abs(x - med) for x in xs), 0.01 * abs(med))
+    kept = [x for x in xs if abs(x - med) <= k * scale]
+    rejected = [x for x in xs if abs(x - med) > k * scale]
+    return statistics.median(kept), kept, rejected
+
+
+def measure_rate(work: Callable[[], object], units: float, *, min_seconds: float = HOST_MIN_SECONDS,
+                 samples: int = 7, now: Callable[[], float] | None = None) -> Rate:
+    """Units per second of ``work()`` (each call does ``units`` units of work).
+
+    After a warm-up call, calls are timed in batches sized so that ``samples`` batches take
+    at least ``min_seconds`` in all (batches are added until they do, at most ``4 *
+    samples``); the result is the :func:`robust_median` of the batches' rates, so one
+    batch slowed by preemption or a page-fault storm does not move it.
+
+    Example:
+        >>> ticks = iter([0, 1, 2, 3, 4, 5, 6, 56, 57, 58, 59, 60] + list(range(61, 200)))
+        >>> r = measure_rate(lambda: None, 10.0, min_seconds=4, samples=5, now=lambda: next(ticks))
+        >>> r.value, r.rejected   # the batch that took 50 ticks is rejected
+        (10.0, 1)
+    """
+    if not units > 0 or not math.isfinite(units):
+        raise ExecutorError(f"units must be a finite number > 0, got {units!r}")
+    if not isinstance(samples, int) or samples < 3:
+        raise ExecutorError(f"samples must be an int >= 3 (a median needs them), got {samples!r}")
+    now = now or _host_clock()
+    work()  # warm-up: caches, lazy kernel selection
+    t = now()
+    work()
+    one = max(now() - t, 1e-9)
+    batch = max(1, math.ceil(min_seconds / samples / one))
+    rates: list[float] = []
+    total = 0.0
+    while len(rates) < samples or (total < min_seconds and len(rates) < 4 * samples):
+        t = now()
+        for _ in range(batch):
+            work()
+        dt = max(now() - t, 1e-12)
+        total += dt
+        rates.append(units * batch / dt)
+    value, _, rejected = robust_median(rates)
+    return Rate(value=value, samples=tuple(rates), rejected=len(rejected), seconds=total, batch=batch)
+
+
+def _host_clock() -> Callable[[], float]:
+    """The calling thread's CPU time with one torch thread (preemption-blind), else wall time."""
+    return time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+
+
+def host_profile_path() -> str | None:
+    """The calibrated host profile to use, or None: ``$HETSCHED_HOST_PROFILE`` (a path or a
+    built-in profile name; it must exist) or else ``out/host-cpu.toml`` when that file exists.
+
+    Raises:
+        executors.errors.ProfileError / graphs.errors.UnknownNameError: the environment
+            variable names no profile.
+    """
+    from .profiles import profile_path
+
+    env = os.environ.get(HOST_PROFILE_ENV, "").strip()
+    if env:
+        return profile_path(env)
+    return DEFAULT_HOST_PROFILE if os.path.isfile(DEFAULT_HOST_PROFILE) else None
+
+
+def check_against_profile(measured: Mapping[str, float], stored: Any, *, where: str = "",
+                          tolerance: float = PROFILE_TOLERANCE) -> list[str]:
+    """Warn (:class:`ProfileMismatchWarning`) for each measured number more than
+    ``tolerance`` times above or below the stored spec's; returns the warning texts.
+
+    ``measured`` maps ``"peak_flops.<dtype>"`` or a DeviceSpec field name to a value.
+
+    Example:
+        >>> import warnings
+        >>> from executors.devices import DeviceSpec
+        >>> spec = DeviceSpec("cpu", "cpu", {"float32": 1e11}, 2e10, 8e9)
+        >>> with warnings.catch_warnings(record=True) as w:
+        ...     warnings.simplefilter("always")
+        ...     msgs = check_against_profile({"peak_flops.float32": 2.3e9}, spec)
+        >>> len(w), msgs[0].split(";")[0]
+        (1, 'host CPU peak_flops.float32 measured 2.3e+09 is 43.5x below the calibrated profile (1e+11)')
+    """
+    out = []
+    for key, m in measured.items():
+        if key.startswith("peak_flops."):
+            dt = key.split(".", 1)[1]
+            if dt not in stored.peak_flops:
+                continue
+            s = float(stored.peak_flops[dt])
+        else:
+            s = float(getattr(stored, key))
+        if not (s > 0 and m > 0):
+            continue
+        ratio = max(m / s, s / m)
+        if ratio > tolerance:
+            msg = (f"host CPU {key} measured {m:.3g} is {ratio:.1f}x {'above' if m > s else 'below'} the "
+                   f"calibrated profile ({s:.3g}){' in ' + where if where else ''}; the machine is busy or the "
+                   f"profile is stale (more than {tolerance:g}x apart): planning with the profile's number; "
+                   "re-run `hetsched profiles calibrate` if the machine changed")
+            warnings.warn(msg, ProfileMismatchWarning, stacklevel=3)
+            out.append(msg)
+    return out
+
+
+def measure_host(name: str = "cpu", *, profile: str | None | bool = True, threads: int = 1,
+                 min_seconds: float = HOST_MIN_SECONDS, tolerance: float = PROFILE_TOLERANCE,
+                 now: Callable[[], float] | None = None) -> Any:
+    """A :class:`~executors.devices.DeviceSpec` of this machine's CPU.
+
+    Measures float32 matmul FLOP/s (256 x 256 :func:`torch.mm`) and copy bandwidth (16 MiB,
+    read + write bytes) with :func:`measure_rate` on ``threads`` torch threads (1: what an
+    executor actor runs with by default, timed on the thread's CPU clock). ``profile``:
+    True finds the calibrated host profile (:func:`host_profile_path`), a path or name
+    uses that one, False/None uses none. With a profile, its numbers are returned (under
+    ``name``) and each measurement more than ``tolerance`` times away from them warns
+    (:class:`ProfileMismatchWarning`); without one, the measured numbers are.
+
+    Example:
+        >>> s = measure_host(profile=False, min_seconds=0.01)
+        >>> s.kind, s.peak_flops["float32"] > 1e6, s.sources["peak_flops.float32"].split(":")[0]
+        ('cpu', True, 'measured here')
+    """
+    from .devices import DeviceSpec
+
+    path = (host_profile_path() if profile is True else (profile or None))
+    prev = torch.get_num_threads()
+    if threads != prev:
+        torch.set_num_threads(threads)
+    try:
+        clock = now or _host_clock()
+        a = torch.randn(256, 256)
+        with torch.no_grad():
+            fl = measure_rate(lambda: torch.mm(a, a), 2.0 * 256 ** 3, min_seconds=min_seconds, now=clock)
+        buf = torch.empty(4 * 2 ** 20)  # 16 MiB
+        dst = torch.empty_like(buf)
+        bw = measure_rate(lambda: dst.copy_(buf), 2.0 * buf.numel() * 4, min_seconds=min_seconds, now=clock)
+    finally:
+        if threads != prev:
+            torch.set_num_threads(prev)
+    clock_name = "thread CPU time" if (now is None and threads == 1) else "wall time"
+    how = (f"median of {len(fl.samples)} batches ({fl.rejected} outliers rejected), {fl.seconds * 1e3:.0f} ms "
+           f"in all, {threads} thread(s), {clock_name}")
+    if path:
+        from .profiles import load
+
+        stored = load(path, name=name)
+        check_against_profile({"peak_flops.float32": fl.value, "mem_bandwidth": bw.value}, stored,
+                              where=str(path), tolerance=tolerance)
+        return stored
+    from .calibrate import _mem_total
+
+    return DeviceSpec(
+        name=name, kind="cpu", peak_flops={"float32": fl.value}, mem_bandwidth=bw.value,
+        mem_capacity=_mem_total(), launch_overhead=5e-6,
+        sources={"peak_flops.float32": f"measured here: 256x256 float32 torch.mm, {how}",
+                 "mem_bandwidth": f"measured here: 16 MiB float32 copy, read + write bytes, median of "
+                                  f"{len(bw.samples)} batches ({bw.rejected} outliers rejected)",
+                 "launch_overhead": "estimate: eager PyTorch op dispatch, ~5 us"},
+        description="this machine's CPU (measured at runtime start; `hetsched profiles calibrate` "
+                    "writes a profile that replaces these numbers)")

@@ -19,8 +19,13 @@ Lists stay lists. Any other type (tensors, modules, sets) is rejected with
 Loading checks the envelope (``format``, a supported ``version``), that every node has an
 ``id`` and an ``attrs`` object, that ids are unique, that edges name existing nodes, that a
 ``kind`` is one of :data:`~graphs.opgraph.OP_KINDS` and a ``granularity`` one of
-:data:`~graphs.opgraph.GRANULARITIES`, and that the graph is a DAG
-(:class:`CyclicGraphError` naming a cycle).
+:data:`~graphs.opgraph.GRANULARITIES`, each node's cost attributes
+(:func:`~graphs.opgraph.check_node_attrs`: ``flops``, ``bytes_in``, ``bytes_out``,
+``param_bytes``, ``state_bytes`` finite numbers ``>= 0``, ``bytes_out`` present on a node
+with cost attributes, ``dtype`` a known dtype name), an edge's ``bytes`` (a finite number
+``>= 0``), and that the graph is a DAG (:class:`CyclicGraphError` naming a cycle). Every
+error is a :class:`GraphFormatError` naming the node (or edge), the field, the value and
+the valid range or choices.
 """
 from __future__ import annotations
 
@@ -31,8 +36,8 @@ from typing import Any, Hashable
 
 import networkx as nx
 
-from .errors import CyclicGraphError, GraphFormatError
-from .opgraph import GRANULARITIES, OP_KINDS, OpGraph
+from .errors import CyclicGraphError, GraphError, GraphFormatError
+from .opgraph import GRANULARITIES, OP_KINDS, OpGraph, check_node_attrs
 
 __all__ = ["to_json", "from_json", "save", "load", "summary", "FORMAT", "VERSION"]
 
@@ -178,6 +183,10 @@ def from_json(text: str | bytes) -> OpGraph:
         if kind is not None and kind not in OP_KINDS:
             raise GraphFormatError(f"{where} (node {n!r}): unknown kind {kind!r}; valid kinds: "
                                    f"{', '.join(OP_KINDS)}")
+        try:
+            check_node_attrs(n, attrs)
+        except GraphError as e:
+            raise GraphFormatError(f"{where}: {e}") from None
         g.add_node(n, **attrs)
     for i, item in enumerate(_need(doc, "edges", list, "top level")):
         where = f"edges[{i}]"
@@ -188,7 +197,15 @@ def from_json(text: str | bytes) -> OpGraph:
         for end, x in (("source", u), ("target", v)):
             if _hashable(x, where) not in g:
                 raise GraphFormatError(f"{where}: {end} {x!r} is not a node id")
-        g.add_edge(u, v, **_dec(item.get("attrs", {}), where))
+        eattrs = _dec(item.get("attrs", {}), where)
+        if not isinstance(eattrs, dict):
+            raise GraphFormatError(f"{where}: field 'attrs' must be an object, got {type(eattrs).__name__}")
+        b = eattrs.get("bytes")
+        if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float))
+                              or not math.isfinite(b) or b < 0):
+            raise GraphFormatError(f"{where} (edge {u!r} -> {v!r}): field 'bytes' = {b!r} is out of range; "
+                                   "it must be a finite number >= 0")
+        g.add_edge(u, v, **eattrs)
     if not nx.is_directed_acyclic_graph(g):
         cycle = [u for u, _ in nx.find_cycle(g)]
         raise CyclicGraphError(f"graph {g.name!r} has a cycle: "

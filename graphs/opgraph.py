@@ -28,6 +28,8 @@ serialised; :attr:`OpGraph.module` raises if the graph was loaded from JSON).
 """
 from __future__ import annotations
 
+import math
+import sys
 from typing import Any
 
 import networkx as nx
@@ -56,6 +58,70 @@ NODE_ATTRS = ("kind", "op", "target", "flops", "bytes_in", "bytes_out", "param_b
               "shape", "dtype", "module", "layer", "members")
 
 GRANULARITIES = ("op", "module", "layer")
+
+#: Valid ``dtype`` names: torch dtype names without the ``torch.`` prefix (``None`` = no
+#: tensor output). Kept here as data so that checking a graph does not import torch.
+DTYPES = (
+    "bfloat16", "bits16", "bits1x8", "bits2x4", "bits4x2", "bits8", "bool", "complex128",
+    "complex32", "complex64", "float16", "float32", "float4_e2m1fn_x2", "float64",
+    "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu",
+    "int1", "int2", "int3", "int4", "int5", "int6", "int7", "int8", "int16", "int32", "int64",
+    "qint32", "qint8", "quint2x4", "quint4x2", "quint8",
+    "uint1", "uint2", "uint3", "uint4", "uint5", "uint6", "uint7", "uint8", "uint16", "uint32", "uint64",
+)
+
+#: Numeric cost attributes of a node: each, where present, a finite number >= 0
+#: (``None`` is read as 0 by the cost models and allowed).
+COST_ATTRS = ("flops", "bytes_in", "bytes_out", "param_bytes", "state_bytes")
+
+
+def _torch_dtype(name: str) -> bool:
+    """Whether ``name`` is a dtype of the torch already imported (newer than :data:`DTYPES`)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(getattr(torch, name, None), getattr(torch, "dtype", ()))
+
+
+def check_node_attrs(node: Any, attrs: dict) -> None:
+    """Check one node's attributes against the contract above.
+
+    ``kind`` must be one of :data:`OP_KINDS`, ``dtype`` one of :data:`DTYPES` (or None),
+    each of :data:`COST_ATTRS` present a finite number ``>= 0``, and a node that carries
+    any cost attribute must carry ``bytes_out`` (what every transfer and memory estimate
+    reads). Nodes without cost attributes (abstract task graphs) are not checked for it.
+
+    Raises:
+        GraphError: naming the node, the field, the bad value and the valid range or choices.
+
+    Example:
+        >>> check_node_attrs("mm", {"kind": "matmul", "flops": 10, "bytes_out": 4})
+        >>> check_node_attrs("mm", {"kind": "matmul", "flops": -1, "bytes_out": 4})
+        Traceback (most recent call last):
+        ...
+        graphs.errors.GraphError: node 'mm': field 'flops' = -1 is out of range; it must be a finite number >= 0
+    """
+    kind = attrs.get("kind")
+    if kind is not None and kind not in OP_KINDS:
+        raise GraphError(f"node {node!r}: field 'kind' = {kind!r} is not a valid kind; valid kinds: "
+                         f"{', '.join(OP_KINDS)}")
+    if "dtype" in attrs:
+        dt = attrs["dtype"]
+        if dt is not None and (not isinstance(dt, str) or (dt not in DTYPES and not _torch_dtype(dt))):
+            raise GraphError(f"node {node!r}: field 'dtype' = {dt!r} is not a known dtype; valid dtypes: "
+                             f"{', '.join(DTYPES)} (or null)")
+    for f in COST_ATTRS:
+        if f not in attrs or attrs[f] is None:
+            continue
+        v = attrs[f]
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise GraphError(f"node {node!r}: field {f!r} = {v!r} ({type(v).__name__}) is not a number; "
+                             "it must be a finite number >= 0")
+        if not math.isfinite(v) or v < 0:
+            raise GraphError(f"node {node!r}: field {f!r} = {v!r} is out of range; it must be a finite "
+                             "number >= 0")
+    if "bytes_out" not in attrs and any(f in attrs for f in COST_ATTRS):
+        given = [f for f in COST_ATTRS if f in attrs]
+        raise GraphError(f"node {node!r}: field 'bytes_out' is missing (the node has {', '.join(given)}); "
+                         "a node with cost attributes needs bytes_out, a finite number >= 0")
 
 
 class OpGraph(nx.DiGraph):

@@ -57,6 +57,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
+import threading
 import time
 from typing import Any, Hashable, Sequence
 
@@ -205,6 +208,66 @@ def _greedy_fits(problem: Problem) -> bool:
     return True
 
 
+_BANNER_LOCK = threading.Lock()
+_banner_done = False  # True once this process has constructed a HiGHS instance
+
+
+def new_highs():
+    """A ``highspy.Highs`` with all console output off (``output_flag``, ``log_to_console``).
+
+    HiGHS writes its banner ("Running HiGHS ... Copyright ...") to the C-level stdout
+    from the first constructor call in a process, before any option can be set; that
+    first construction therefore runs with file descriptor 1 pointed at the null device
+    (C stdio flushed on both sides), so ``place --json`` output stays parseable.
+
+    Example:
+        >>> opts = new_highs().getOptions()
+        >>> opts.output_flag, opts.log_to_console
+        (False, False)
+    """
+    global _banner_done
+    import highspy
+
+    with _BANNER_LOCK:
+        if _banner_done:
+            h = highspy.Highs()
+        else:
+            h = _quietly(highspy.Highs)
+            _banner_done = True
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("log_to_console", False)
+    return h
+
+
+def _quietly(make):
+    """``make()`` with the process's file descriptor 1 redirected to the null device."""
+    import ctypes
+
+    try:
+        libc_fflush = ctypes.CDLL(None).fflush
+    except (OSError, AttributeError):  # no C library to flush: redirect anyway
+        libc_fflush = None
+    sys.stdout.flush()
+    if libc_fflush is not None:
+        libc_fflush(None)
+    try:
+        saved = os.dup(1)
+    except OSError:  # no fd 1 at all: nothing to protect
+        return make()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        try:
+            return make()
+        finally:
+            if libc_fflush is not None:
+                libc_fflush(None)
+            os.dup2(saved, 1)
+    finally:
+        os.close(devnull)
+        os.close(saved)
+
+
 def _highs(cost, lower, upper, integ, rows, time_limit, rel_gap, threads):
     """A silent HiGHS instance holding the model; ``rows`` = [(cols, vals, lo, hi)]."""
     import highspy
@@ -212,8 +275,7 @@ def _highs(cost, lower, upper, integ, rows, time_limit, rel_gap, threads):
     inf = highspy.kHighsInf
     starts = np.zeros(len(rows) + 1, dtype=np.int32)
     starts[1:] = np.cumsum([len(r[0]) for r in rows])
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = new_highs()
     h.setOptionValue("time_limit", float(time_limit))
     h.setOptionValue("mip_rel_gap", float(rel_gap))
     h.setOptionValue("threads", int(threads))

@@ -12,9 +12,11 @@ with insertion into idle gaps. Ties in rank are broken by a fixed topological or
 the priority list is always a topological order (``rank_u(i) >= rank_u(j)`` for an edge
 ``i -> j`` because costs are non-negative) and the result is deterministic.
 
-With ``objective="energy"`` the device is the one with the smallest energy increase
-among those finishing within ``energy_slack`` (relative) of the earliest finish time
-(see :mod:`policies.schedule`).
+With ``objective="energy"`` the plan is the least-energy one among the earliest-finish
+schedule and energy-greedy ones, where each node goes to the device, among those
+finishing within ``energy_slack`` (relative) of the earliest finish time, that least
+raises a lower bound of the plan's energy (see :mod:`policies.schedule`); it never uses
+more energy than the latency plan.
 
 Example:
     >>> import networkx as nx

@@ -36,12 +36,23 @@ Constraints come from the policy's options (``policies.base.COMMON_OPTIONS``):
   engine only ever considers devices that can run the node and that it fits.
 * ``latency_bound`` (seconds, default None): a schedule longer than it raises
   :class:`~policies.errors.InfeasiblePlacement` saying by how much.
-* ``objective="energy"`` (when no ``choose`` is given): among the devices whose
-  earliest finish time is at most ``(1 + energy_slack)`` times the best one (and within
-  ``latency_bound`` if given), pick the one with the smallest increase of the partial
-  schedule's energy (active power over the node's run, idle power of the used devices
-  over any growth of the makespan, :func:`policies.cost.plan_energy`'s model).
-  ``energy_slack`` defaults to 0.1.
+* ``objective="energy"`` (when neither ``choose`` nor ``assignment`` is given): the
+  engine returns the plan of least energy (:meth:`CostModel.energy`, then the shorter
+  makespan) among a few list schedules of the same priority order: the earliest-finish
+  (latency) schedule and energy-greedy schedules. The energy greedy gives each node,
+  among the devices whose earliest finish time is at most ``(1 + energy_slack)`` times the
+  best one (and within ``latency_bound`` if given), the one with the smallest increase of
+  a *lower bound of the final plan's energy* (:func:`policies.cost.plan_energy`'s model:
+  ``sum_d (active_d - idle_d) * busy_d + makespan * sum_d idle_d`` over the used devices),
+  where the makespan is bounded below by each placed node's finish plus the longest path
+  after it (fastest times, free transfers). A greedy cannot know which devices later
+  nodes will power anyway, so it is run once with no device assumed powered and once
+  with the devices of the latency schedule (and of the best plan so far) assumed powered:
+  powering a device costs its idle power over the *whole* final makespan, which a
+  node-by-node score either over-charges (the device is used later anyway) or, charging
+  only the partial makespan, under-charges. The latency schedule among the candidates
+  makes the energy objective never spend more energy than the latency one does with the
+  same priority order. ``energy_slack`` defaults to 0.1.
 
 Precomputation: :class:`ScheduleContext` builds, once per (graph, cluster, cost model),
 the node and edge indices, the time matrix ``T[node, device]``
@@ -68,6 +79,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from bisect import bisect_right
 from typing import Any, Callable, Hashable, Mapping, Sequence
@@ -248,11 +260,13 @@ class ScheduleContext:
 
     # ------------------------------------------------------------------ engine
     def _run(self, prio: list[int], assign: list[int] | None, choose: Choose | None,
-             insertion: bool, opts: Mapping[str, Any], want_plan: bool = True):
+             insertion: bool, opts: Mapping[str, Any], want_plan: bool = True,
+             powered: Sequence[bool] | None = None):
         """Schedule ``prio`` (node indices); returns ``(dev, start, finish, slots, resident,
         makespan, fallbacks)`` (``slots[j]``: node indices on device ``j`` by start; with
         ``want_plan=False`` on the fixed-assignment path ``start`` and ``slots`` may be
-        left empty: only the makespan is wanted)."""
+        left empty: only the makespan is wanted). ``powered`` (energy greedy only): per
+        device, True if its idle power is to be counted from the start."""
         n, m = len(self.nodes), len(self.devices)
         T, C, preds, mem, cap = self._T, self._C, self.preds, self._mem, self._cap
         names, devices = self.nodes, self.devices
@@ -272,9 +286,10 @@ class ScheduleContext:
             slack = opts.get("energy_slack", 0.1)
             if isinstance(slack, bool) or not isinstance(slack, (int, float)) or not slack >= 0:
                 raise PolicyError(f"energy_slack must be >= 0, got {slack!r}")
-            used = [False] * m
-            busy_idle = 0.0  # sum of idle power over used devices
-            cur = 0.0        # makespan so far
+            used = [bool(x) for x in powered] if powered is not None else [False] * m
+            busy_idle = sum(powers[j][1] for j in range(m) if used[j])  # W, idle power of used devices
+            proj = 0.0       # seconds, lower bound of the final makespan so far
+            tails = self._tail_bound()
         dev = [-1] * n
         start = [0.0] * n
         finish = [0.0] * n
@@ -342,7 +357,7 @@ class ScheduleContext:
                     s, k = _slot(starts[j], ends[j], ready[j], Ti[j], insertion)
                     found[j] = (s, s + Ti[j], k)
                 if energy:
-                    best_j = self._energy_pick(i, found, powers, used, busy_idle, cur, slack, bound)
+                    best_j = self._energy_pick(found, powers, used, busy_idle, proj, tails[i], slack, bound)
                 else:
                     pick = choose(names[i], {devices[j]: (v[0], v[1]) for j, v in found.items()})
                     best_j = self.dindex.get(pick, -1)
@@ -363,8 +378,8 @@ class ScheduleContext:
                 if not used[j]:
                     used[j] = True
                     busy_idle += powers[j][1]
-                if best_f > cur:
-                    cur = best_f
+                if best_f + tails[i] > proj:
+                    proj = best_f + tails[i]
         makespan = max(finish, default=0.0)
         _check_bound(makespan, bound)
         return dev, start, finish, slots, resident, makespan, fallbacks
@@ -515,7 +530,11 @@ class ScheduleContext:
             out.append((float(p[0]), float(p[1])))
         return out
 
-    def _energy_pick(self, i, found, powers, used, busy_idle, cur, slack, bound) -> int:
+    def _energy_pick(self, found, powers, used, busy_idle, proj, tail, slack, bound) -> int:
+        """The candidate device (``found``: index -> (start, finish, slot)) within the slack
+        whose placement least raises the energy lower bound ``sum (active - idle) * busy +
+        makespan_lb * sum idle`` (``proj``: the makespan lower bound so far, ``tail``: the
+        node's tail bound)."""
         min_f = min(v[1] for v in found.values())
         limit = min_f * (1 + slack) if min_f > 0 else min_f
         best_j, best_e = -1, _INF
@@ -526,23 +545,58 @@ class ScheduleContext:
                 continue
             act, idle = powers[j]
             new_idle = busy_idle + (0.0 if used[j] else idle)
-            new_cur = f if f > cur else cur
-            de = (act - idle) * (f - s) + new_cur * new_idle - cur * busy_idle
+            end = f + tail
+            new_proj = end if end > proj else proj
+            de = (act - idle) * (f - s) + new_proj * new_idle - proj * busy_idle
             if de < best_e - 1e-15 or (abs(de - best_e) <= 1e-15 and f < found[best_j][1]):
                 best_j, best_e = j, de
         return best_j
 
-    # ------------------------------------------------------------------ public
-    def schedule(self, priority: Sequence[Hashable], *, assignment: Mapping[Hashable, str] | None = None,
-                 choose: Choose | None = None, insertion: bool = True,
-                 options: Mapping[str, Any] | None = None, policy: str = "") -> Plan:
-        """List-schedule the nodes in ``priority`` order; see :func:`list_schedule`."""
-        opts = dict(options or {})
-        prio = self.priority_indices(priority)
-        assign = self._assign_indices(assignment) if assignment is not None else None
-        dev, start, finish, slots, resident, makespan, fallbacks = self._run(prio, assign, choose, insertion, opts)
+    def _schedule_energy(self, prio: list[int], insertion: bool, opts: Mapping[str, Any], policy: str) -> Plan:
+        """The least-energy plan among the earliest-finish schedule and energy-greedy ones
+        (see the module docstring); raises the first candidate's InfeasiblePlacement when
+        none is feasible."""
+        plans: list[tuple[tuple[float, float, int], Plan]] = []
+        errors: list[InfeasiblePlacement] = []
+        tried: set[tuple[bool, ...]] = set()
+
+        def attempt(label: str, run_opts: Mapping[str, Any], powered: tuple[bool, ...] | None) -> Plan | None:
+            if powered is not None:
+                if powered in tried:
+                    return None
+                tried.add(powered)
+            try:
+                out = self._run(prio, None, None, insertion, run_opts, powered=powered)
+            except InfeasiblePlacement as e:
+                errors.append(e)
+                return None
+            plan = self._plan(prio, out, insertion, opts, policy, {"energy_candidate": label})
+            plans.append(((_INF if plan.energy is None else plan.energy, plan.makespan, len(plans)), plan))
+            return plan
+
+        def used(plan: Plan) -> tuple[bool, ...]:
+            return tuple(bool(plan.order[d]) for d in self.devices)
+
+        attempt("greedy", opts, tuple([False] * len(self.devices)))
+        eft = attempt("eft", {**opts, "objective": "latency"}, None)
+        if eft is not None:
+            attempt("greedy-powered", opts, used(eft))
+        def best() -> Plan:
+            return min(plans, key=lambda kp: kp[0])[1]
+
+        for _ in range(2):  # the best plan's devices, until that set repeats
+            if not plans or attempt("greedy-powered", opts, used(best())) is None:
+                break
+        if not plans:
+            raise errors[0]
+        return best()
+
+    def _plan(self, prio: list[int], out: tuple, insertion: bool, opts: Mapping[str, Any], policy: str,
+              extra: Mapping[str, Any] | None = None) -> Plan:
+        """A :class:`Plan` (with its energy, where the cost model knows power) from ``_run``'s output."""
+        dev, start, finish, slots, resident, makespan, fallbacks = out
         names, devices = self.nodes, self.devices
-        info: dict[str, Any] = {"insertion": bool(insertion)}
+        info: dict[str, Any] = {"insertion": bool(insertion), **(extra or {})}
         if fallbacks:
             info["fallbacks"] = {str(k): v for k, v in fallbacks.items()}
         plan = Plan(
@@ -558,10 +612,21 @@ class ScheduleContext:
         )
         e = self.cost_model.energy(self.graph, plan)
         if e is not None:
-            import dataclasses
-
             plan = dataclasses.replace(plan, energy=float(e))
         return plan
+
+    # ------------------------------------------------------------------ public
+    def schedule(self, priority: Sequence[Hashable], *, assignment: Mapping[Hashable, str] | None = None,
+                 choose: Choose | None = None, insertion: bool = True,
+                 options: Mapping[str, Any] | None = None, policy: str = "") -> Plan:
+        """List-schedule the nodes in ``priority`` order; see :func:`list_schedule`."""
+        opts = dict(options or {})
+        prio = self.priority_indices(priority)
+        if opts.get("objective", "latency") == "energy" and choose is None and assignment is None:
+            return self._schedule_energy(prio, insertion, opts, policy)
+        assign = self._assign_indices(assignment) if assignment is not None else None
+        out = self._run(prio, assign, choose, insertion, opts)
+        return self._plan(prio, out, insertion, opts, policy)
 
     def makespan(self, priority: Sequence[Hashable], assignment: Mapping[Hashable, str], *,
                  insertion: bool = True, options: Mapping[str, Any] | None = None) -> float:

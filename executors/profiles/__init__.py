@@ -23,7 +23,11 @@ Format (schema 1)::
     latency = { value = 1e-5, source = "..." }     # seconds per transfer
 
 A bare number is accepted in place of ``{value, source}`` (its source is then empty);
-the built-in profiles give a source for every number. Sources land in
+the built-in profiles give a source for every number. Every number must lie in its sane
+range (:data:`SANE_RANGES`, e.g. ``peak_flops`` 1e6 .. 1e18 FLOP/s, ``launch_overhead``
+0 .. 1 s) and ``peak_flops`` keys must be torch dtype names
+(:data:`graphs.opgraph.DTYPES`); otherwise loading raises :class:`ProfileError` naming the
+field, the value and the range. Sources land in
 ``DeviceSpec.sources`` under the field name (``"peak_flops.float16"``,
 ``"host_link.bandwidth"``, ...). A profile with no ``[host_link]`` is a *host*: moving
 data between it and an accelerator costs the accelerator's host link only (see
@@ -56,10 +60,25 @@ from graphs.errors import UnknownNameError
 from ..devices import DEFAULT_LINK, Cluster, DeviceSpec, LinkSpec
 from ..errors import DeviceSpecError, ProfileError
 
-__all__ = ["available", "load", "host_link", "cluster", "show", "save", "profile_path", "DATA_DIR"]
+__all__ = ["available", "load", "host_link", "cluster", "show", "save", "profile_path", "DATA_DIR",
+           "SANE_RANGES"]
 
 #: Folder of the built-in profile files.
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+#: Sane range per number (field -> (low, high, unit)), checked at load: a value outside it
+#: is a unit slip (GB/s written as B/s, us as s) or a broken measurement, not a device.
+#: ``peak_flops.*`` covers every dtype's entry.
+SANE_RANGES: dict[str, tuple[float, float, str]] = {
+    "peak_flops": (1e6, 1e18, "FLOP/s"),        # 1 MFLOP/s (microcontroller) .. 1 EFLOP/s
+    "mem_bandwidth": (1e6, 1e14, "bytes/s"),    # 1 MB/s .. 100 TB/s
+    "mem_capacity": (1e6, 1e15, "bytes"),       # 1 MB .. 1 PB
+    "launch_overhead": (0.0, 1.0, "s"),         # per op: at most a second
+    "active_power": (0.0, 1e5, "W"),            # 0 = unknown .. 100 kW
+    "idle_power": (0.0, 1e5, "W"),
+    "host_link.bandwidth": (1e6, 1e14, "bytes/s"),
+    "host_link.latency": (0.0, 1.0, "s"),
+}
 
 _REQUIRED = ("name", "kind", "peak_flops", "mem_bandwidth", "mem_capacity")
 _NUMBERS = ("mem_bandwidth", "mem_capacity", "launch_overhead", "active_power", "idle_power")
@@ -134,6 +153,11 @@ def _number(path: str, field: str, v: Any) -> tuple[float, str]:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise ProfileError(f"profile {path}: field {field!r} must be a finite number "
                            f"(or {{value = ..., source = \"...\"}}), got {v!r}")
+    rng = SANE_RANGES.get(field.split(".")[0] if field.startswith("peak_flops.") else field)
+    if rng is not None and not rng[0] <= v <= rng[1]:
+        lo, hi, unit = rng
+        raise ProfileError(f"profile {path}: field {field!r} = {v!r} {unit} is outside the sane range "
+                           f"[{lo:g}, {hi:g}] {unit}; check the unit (bytes/s, seconds, FLOP/s)")
     return float(v), source
 
 
@@ -164,7 +188,12 @@ def _parse(path: str) -> tuple[dict[str, Any], LinkSpec | None]:
         raise ProfileError(f"profile {path}: field 'peak_flops' must be a non-empty table of "
                            f"dtype -> FLOP/s, got {pf!r}")
     kw["peak_flops"] = {}
+    from graphs.opgraph import DTYPES
+
     for dt, v in pf.items():
+        if dt not in DTYPES:
+            raise ProfileError(f"profile {path}: field 'peak_flops' has unknown dtype {dt!r}; valid dtypes: "
+                               f"{', '.join(DTYPES)}")
         kw["peak_flops"][dt], sources[f"peak_flops.{dt}"] = _number(path, f"peak_flops.{dt}", v)
     if "supported_kinds" in data:
         sk = data["supported_kinds"]

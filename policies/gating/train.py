@@ -7,7 +7,9 @@ loss alone, then freezes them and trains only the exit heads (the backbone's acc
 untouched by the exits; cf. Kaya et al., "Shallow-Deep Networks", ICML 2019).
 
 Trained weights are cached under ``.cache/gating/`` (git-ignored), keyed by a hash of the
-:class:`TrainConfig`, so benchmarks and CI train once.
+:class:`TrainConfig`, so benchmarks and CI train once. A cache file holds tensors and plain
+types only and is read with ``torch.load(weights_only=True)``, so a file planted in the
+cache cannot execute code; anything else is refused with a :class:`PolicyError`.
 """
 from __future__ import annotations
 
@@ -137,12 +139,17 @@ def load_or_train(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, cache_dir:
 
     Returns ``(model in eval mode, info)`` where ``info`` has ``train_seconds`` (of the run
     that produced the weights), ``cached`` (whether this call loaded them) and ``path``.
+    The cache is read with ``torch.load(weights_only=True)``: tensors and plain types only.
+
+    Raises:
+        PolicyError: the cache file holds anything but tensors and plain types (a planted
+            pickle is refused, never run).
     """
     cache_dir = cache_dir or DEFAULT_CACHE
     path = os.path.join(cache_dir, f"{cfg.model}-{cfg.key()}.pt")
     model = cfg.build()
     if os.path.exists(path):
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        blob = _load_cache(path)
         model.load_state_dict(blob["state_dict"])
         return model.eval(), {"train_seconds": blob["train_seconds"], "cached": True, "path": path}
     if cfg.n_train is not None:
@@ -152,6 +159,32 @@ def load_or_train(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, cache_dir:
     secs = time.perf_counter() - t
     os.makedirs(cache_dir, exist_ok=True)
     tmp = path + ".tmp"
-    torch.save({"state_dict": model.state_dict(), "train_seconds": secs, "config": asdict(cfg)}, tmp)
+    # tensors and plain types only, so that the cache loads with weights_only=True
+    torch.save({"state_dict": dict(model.state_dict()), "train_seconds": float(secs),
+                "config": json.dumps(asdict(cfg), sort_keys=True, default=str)}, tmp)
     os.replace(tmp, path)
     return model, {"train_seconds": secs, "cached": False, "path": path}
+
+
+def _load_cache(path: str) -> dict:
+    """The cache file at ``path``, loaded with ``weights_only=True``: tensors and plain
+    containers only, so a planted file cannot run code (an ordinary pickle would).
+
+    Raises:
+        PolicyError: the file holds anything else (or is not a torch file), naming it.
+    """
+    import pickle
+
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PolicyError(
+            f"refusing the gating weight cache {path}: it is not a plain tensor file loadable with "
+            f"weights_only=True ({first}); delete it to retrain") from None
+    if (not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict)
+            or not isinstance(blob.get("train_seconds"), (int, float))
+            or not all(isinstance(v, torch.Tensor) for v in blob["state_dict"].values())):
+        raise PolicyError(f"refusing the gating weight cache {path}: expected a dict with a 'state_dict' of "
+                          "tensors and 'train_seconds'; delete it to retrain")
+    return blob
