@@ -2,13 +2,14 @@
 
 * :class:`Parser`: argparse with one-line errors (``hetsched: error: ...``, status 2);
   :func:`parse_size` and the argument types :func:`arg_size`, :func:`positive_int`,
-  :func:`fraction`, :func:`positive_float`;
+  :func:`int_range`, :func:`fraction`, :func:`positive_float`, :func:`float_range`;
+  :func:`check_out` refuses an output path before any work;
 * the option groups :func:`add_model_options` (``--model``/``--graph``, ``--seq-len``, ...)
   and :func:`add_placement_options` (``--devices``, ``--policy``, ``--objective``, ...);
 * :func:`echo` (results to stdout) and :func:`ticker` (a progress line on stderr);
 * from options to objects: :func:`parse_devices`, :func:`make_cluster` (with
-  ``--mem-limit`` caps), :func:`make_policy`, :func:`capture_graph`, :func:`cost_model`,
-  :func:`capture_and_place`;
+  ``--mem-limit`` caps; :func:`check_gpus` first), :func:`make_policy`, :func:`load_graph`,
+  :func:`capture_graph`, :func:`cost_model`, :func:`capture_and_place`;
 * text: :func:`graph_line`, :func:`plan_tables` (the plan as the devices/partitions/nodes
   tables ``place``, ``simulate`` and ``demo`` print), :func:`fmt_s`, :func:`indent`.
 
@@ -28,7 +29,7 @@ import sys
 import threading
 from typing import Any, Iterator, Sequence
 
-from graphs.errors import UnknownNameError
+from graphs.errors import HetschedError, UnknownNameError
 
 from ..errors import CLIError
 
@@ -72,7 +73,9 @@ def parse_size(text: str) -> float:
         raise CLIError(f"bad size {text!r}: give bytes as a number with an optional unit "
                        "(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 512MB")
     v = float(m.group(1)) * _SIZE_UNITS[unit]
-    if not (v > 0 and math.isfinite(v)):
+    if not math.isfinite(v):
+        raise CLIError(f"bad size {text!r}: too large for a number of bytes")
+    if not v > 0:
         raise CLIError(f"bad size {text!r}: it must be > 0")
     return v
 
@@ -85,15 +88,39 @@ def arg_size(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+#: The largest integer an option takes (a tensor dimension, a count): 2**31 - 1.
+INT_MAX = 2 ** 31 - 1
+
+
+def int_range(lo: int = 1, hi: int = INT_MAX, *, what: str = "an integer"):
+    """argparse type: an integer in ``[lo, hi]`` (digits only: ``1e3`` and ``nan`` are not
+    integers), its error naming ``what`` and the bound it breaks.
+
+    Example:
+        >>> int_range(1, 10)("7")
+        7
+        >>> int_range(1, 10)("11")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: expected an integer <= 10, got '11'
+    """
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or not lo <= v <= hi:
+            rng = f"<= {hi}" if v is not None and v > hi else f">= {lo}"
+            raise argparse.ArgumentTypeError(f"expected {what} {rng}, got {text!r}")
+        return v
+
+    parse.__name__ = "int_range"
+    return parse
+
+
 def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return v
+    """argparse type: an integer >= 1 (and at most :data:`INT_MAX`)."""
+    return int_range(1, INT_MAX)(text)
 
 
 def fraction(text: str) -> float:
@@ -105,6 +132,33 @@ def fraction(text: str) -> float:
     if not 0 < v < 1:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}")
     return v
+
+
+def float_range(lo: float, hi: float, *, unit: str = ""):
+    """argparse type: a finite number in ``[lo, hi]`` (``lo`` > 0: nan, inf, zero and
+    negatives are refused), its error naming the range and ``unit``.
+
+    Example:
+        >>> float_range(1e-6, 1e9, unit="requests/s")("2.5")
+        2.5
+        >>> float_range(1e-6, 1e9, unit="requests/s")("1e308")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: expected a number of requests/s in [1e-06, 1e+09], got '1e308'
+    """
+    what = f"a number of {unit}" if unit else "a number"
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        if not (math.isfinite(v) and lo <= v <= hi):
+            raise argparse.ArgumentTypeError(f"expected {what} in [{lo:g}, {hi:g}], got {text!r}")
+        return v
+
+    parse.__name__ = "float_range"
+    return parse
 
 
 def positive_float(text: str) -> float:
@@ -170,6 +224,31 @@ def need_action(p: argparse.ArgumentParser, name: str) -> int:
 
 
 
+def check_out(path: str, flag: str, *, folder: bool) -> None:
+    """Refuse an output path before any work: ``path`` (a ``folder`` or a file, as ``flag``
+    takes) must not be the other kind, and the nearest existing folder above it must be a
+    writable folder, not a file; otherwise a :class:`CLIError` naming ``flag``.
+
+    Example:
+        >>> check_out(__file__, "--out", folder=True)
+        Traceback (most recent call last):
+        ...
+        scheduler.errors.CLIError: --out '...common.py' is a file; give a folder
+    """
+    p = os.path.abspath(path)
+    if folder and os.path.exists(p) and not os.path.isdir(p):
+        raise CLIError(f"{flag} {path!r} is a file; give a folder")
+    if not folder and os.path.isdir(p):
+        raise CLIError(f"{flag} {path!r} is a folder; give a file name")
+    above = p if folder and os.path.isdir(p) else os.path.dirname(p)
+    while not os.path.exists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise CLIError(f"{flag} {path!r}: {above!r} is a file, not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} {path!r}: cannot write in {above!r} (permission denied)")
+
+
 # --------------------------------------------------------------------------- helpers
 def echo(*lines: str) -> None:
     """Print ``lines`` to stdout (results; progress goes to stderr), flushed."""
@@ -201,14 +280,17 @@ def ticker(desc: str) -> Iterator[None]:
 
 def parse_devices(items: Sequence[str]) -> list[str]:
     """The ``--devices`` words as device names: commas split, a bare profile name means
-    ``sim:<name>``; none, or one listed twice, is a :class:`CLIError`."""
+    ``sim:<name>``, a bare ``cuda`` or ``npu`` its device 0; none, or one listed twice, is
+    a :class:`CLIError`."""
     out = []
     for item in items:
         for d in str(item).split(","):
             d = d.strip()
             if not d:
                 continue
-            if d == "cpu" or d.startswith(("sim:", "cpu:", "cuda", "npu")):
+            if d in ("cuda", "npu"):
+                out.append(d + ":0")  # a bare accelerator means its first device
+            elif d == "cpu" or d.startswith(("sim:", "cpu:", "cuda", "npu")):
                 out.append(d)
             else:
                 out.append("sim:" + d)  # a bare profile name
@@ -227,6 +309,7 @@ def make_cluster(devices: Sequence[str], mem_limits: Sequence[str] = ()):
 
     from ..runtime import build_cluster
 
+    check_gpus(devices)
     cluster = build_cluster(devices)
     if not mem_limits:
         return cluster
@@ -248,6 +331,20 @@ def make_cluster(devices: Sequence[str], mem_limits: Sequence[str] = ()):
                    default_link=cluster.default_link)
 
 
+def check_gpus(devices: Sequence[str]) -> None:
+    """Each ``cuda:N`` of ``devices`` is a GPU this process sees: a cluster reads a GPU's
+    numbers from the hardware, so a missing one is an
+    :class:`executors.errors.DeviceUnavailableError` saying what to install or use instead
+    (the executor factory's own check). ``npu:N`` needs no hardware to be placed on: its
+    numbers come from the Atlas profile."""
+    for d in devices:
+        head, _, idx = str(d).partition(":")
+        if head == "cuda" and idx.isascii() and idx.isdigit():
+            import executors
+
+            executors.create(d)
+
+
 def make_policy(name: str, objective: str, options: Sequence[str]):
     """The registered policy ``name`` with the ``--option KEY=VALUE`` options (values parsed
     as JSON, else strings), and ``objective`` unless an option sets it."""
@@ -266,15 +363,44 @@ def make_policy(name: str, objective: str, options: Sequence[str]):
     return policies.get(name, **opts)
 
 
+#: The node attributes whose totals the tables print; a graph file's must sum to finite floats.
+_TOTALS = ("flops", "bytes_in", "bytes_out", "param_bytes")
+
+
+def load_graph(path: str):
+    """The op graph saved in the file ``path`` (:func:`graphs.load`); a missing, unreadable,
+    malformed or absurd file (costs summing past what a float holds) is a :class:`CLIError`
+    naming ``--graph`` and the file."""
+    import graphs
+
+    if not os.path.isfile(path):
+        raise CLIError(f"--graph {path!r}: no such file")
+    try:
+        g = graphs.load(path)
+    except RecursionError:
+        raise CLIError(f"--graph {path!r}: nested too deeply to be an op graph file") from None
+    except (HetschedError, ValueError, OSError) as e:  # GraphFormatError, not UTF-8, unreadable
+        raise CLIError(f"--graph {path!r}: {e}") from e
+    except (TypeError, KeyError, AttributeError, IndexError) as e:  # a shape graphs.load missed
+        raise CLIError(f"--graph {path!r}: not an op graph file ({type(e).__name__}: {e})") from e
+    for key in _TOTALS:
+        try:
+            ok = math.isfinite(float(g.total(key)))
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise CLIError(f"--graph {path!r}: the nodes' {key!r} values do not sum to a finite "
+                           "number (each must be a finite number >= 0, small enough to add up)")
+    return g
+
+
 def capture_graph(args: argparse.Namespace, *, real: bool = False):
     """(graph, model or None, example inputs or None) for --model / --graph."""
     import graphs
 
     if getattr(args, "graph", None):
         path = args.graph
-        if not os.path.isfile(path):
-            raise CLIError(f"--graph {path!r}: no such file")
-        g = graphs.load(path)
+        g = load_graph(path)
         if not any("kind" in a and "flops" in a for _, a in g.nodes(data=True)):
             raise CLIError(
                 f"--graph {path!r} is not an op graph (its nodes have no 'kind'/'flops' "

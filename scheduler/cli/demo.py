@@ -1,6 +1,6 @@
 """``hetsched demo``: the reference decoder on a simulated NPU + GPU + CPU trio, on Ray.
 
-Six steps, each printed as it runs:
+Seven steps, each printed as it runs:
 
 1. capture the reference decoder (``small`` by default, computed for real on this CPU);
 2. compare placement policies on the simulated edge trio (Ascend 310B-class NPU, Jetson
@@ -31,9 +31,16 @@ from typing import Any, Sequence
 from graphs.errors import HetschedError
 
 from ..errors import CLIError
-from .common import (add_model_options, add_placement_options, cost_model, echo, fmt_s, fraction,
-                     graph_line, indent, make_cluster, make_policy, parse_devices, plan_tables,
-                     positive_float, positive_int, simulate_module, ticker)
+from .common import (add_model_options, add_placement_options, check_out, cost_model, echo,
+                     float_range, fmt_s, fraction, graph_line, indent, int_range, make_cluster,
+                     make_policy, parse_devices, plan_tables, positive_int, simulate_module, ticker)
+
+#: The most requests the demo streams.
+MAX_REQUESTS = 1_000_000
+#: The ``--pace`` values taken, real seconds per simulated second: (least, most).
+PACES = (1e-6, 1e3)
+#: The generation step's KV cache positions per sequence, and the prompt length it plans for.
+GEN_CONTEXT, GEN_PROMPT = 256, 48
 
 
 def add_parser(sub) -> None:
@@ -44,7 +51,8 @@ def add_parser(sub) -> None:
         "default, computed for real on this CPU), compares placement policies on a simulated "
         "edge trio (Ascend 310B-class NPU, Jetson Orin NX GPU, Cortex-A76 CPU), prints the plan "
         "(partitions, devices, predicted times, memory), places the full-size 1b config "
-        "timing-only, then starts an embedded Ray, deploys one actor per device and streams "
+        "timing-only, then starts an embedded Ray (or joins --ray-address), deploys one actor "
+        "per device and streams "
         "requests through Runtime.submit, checking the answers against the unpartitioned model "
         "and printing latency, throughput and energy. Last, the gate: an early-exit CNN on "
         "Fashion-MNIST served with a calibrated max-softmax gate (exit rate, accuracy, compute "
@@ -52,12 +60,13 @@ def add_parser(sub) -> None:
         epilog="Example: hetsched demo --model tiny --requests 16 --out out/demo")
     add_model_options(p, default_model="small", graph_file=False, models=("tiny", "small"))
     add_placement_options(p, default_policy="auto", default_objective="throughput", mem_limit=False)
-    p.add_argument("--requests", type=positive_int, default=64,
-                   help="requests in the stream (default 64)")
+    p.add_argument("--requests", type=int_range(1, MAX_REQUESTS), default=64,
+                   help=f"requests in the stream (default 64, at most {MAX_REQUESTS})")
     p.add_argument("--in-flight", type=positive_int, default=8,
                    help="requests in flight at once (default 8)")
-    p.add_argument("--pace", type=positive_float, default=None,
-                   help="real seconds slept per simulated second on sim devices (default: none)")
+    p.add_argument("--pace", type=float_range(*PACES), default=None,
+                   help="real seconds slept per simulated second on sim devices (default: none; "
+                        f"{PACES[0]:g} to {PACES[1]:g})")
     p.add_argument("--ray-address", default=None,
                    help="join this Ray cluster (also RAY_ADDRESS); default: an embedded local Ray")
     p.add_argument("--no-1b", dest="big", action="store_false",
@@ -66,8 +75,10 @@ def add_parser(sub) -> None:
                    help="skip the early-exit step (the gate on an early-exit CNN)")
     p.add_argument("--no-generate", dest="generate", action="store_false",
                    help="skip the generation step (SmolLM2-135M through Runtime.generate)")
-    p.add_argument("--gen-tokens", type=positive_int, default=48,
-                   help="tokens to generate per prompt in the generation step (default 48)")
+    p.add_argument("--gen-tokens", type=int_range(1, GEN_CONTEXT - GEN_PROMPT), default=48,
+                   help="tokens to generate per prompt in the generation step (default 48, at "
+                        f"most {GEN_CONTEXT - GEN_PROMPT}: the KV cache holds {GEN_CONTEXT} "
+                        f"positions, {GEN_PROMPT} of them for the prompt)")
     p.add_argument("--gate-budget", type=fraction, default=0.02,
                    help="accuracy the gate's exits may lose, certified with 90%% confidence "
                         "(default 0.02)")
@@ -77,7 +88,8 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the six steps of the demo (see the module docstring); returns 0."""
+    """Run the seven steps of the demo (see the module docstring); returns 0."""
+    check_out(args.out, "--out", folder=True)  # before any work
     import torch
 
     import graphs
@@ -171,10 +183,10 @@ def run(args: argparse.Namespace) -> int:
     # 5. serve on Ray
     from ..runtime import Runtime
 
-    echo("", f"[5/7] serve: embedded Ray, one executor actor per device, {args.requests} requests "
-             f"through Runtime.submit ({args.in_flight} in flight)")
     summary: dict[str, Any] = {}
-    own_ray = _start_ray(args, devices)
+    own_ray, which_ray = _start_ray(args, devices)
+    echo("", f"[5/7] serve: {which_ray}, one executor actor per device, {args.requests} requests "
+             f"through Runtime.submit ({args.in_flight} in flight)")
     try:
         with ticker("deploying executor actors"):
             rt = Runtime(model, x, devices=devices, policy=policy, ray_address=args.ray_address,
@@ -262,23 +274,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_ray(args: argparse.Namespace, devices: Sequence[str]) -> bool:
+def _start_ray(args: argparse.Namespace, devices: Sequence[str]) -> tuple[bool, str]:
     """Start (or join) Ray for the demo's two runtimes, so that it outlives the first; returns
-    whether this call started it. No per-device custom resources are declared, so the
-    gated model's actors can take the same simulated devices after the decoder's."""
+    whether this call started it and which Ray it is, in words ("the Ray cluster at ADDRESS",
+    "an embedded local Ray (127.0.0.1)", "the Ray already running in this process"). No
+    per-device custom resources are declared, so the gated model's actors can take the same
+    simulated devices after the decoder's."""
     import ray
 
     if ray.is_initialized():
-        return False
+        return False, "the Ray already running in this process"
     address = args.ray_address or os.environ.get("RAY_ADDRESS")
-    with ticker("starting Ray" + (f" (joining {address})" if address else " (embedded, 127.0.0.1)")):
+    which = f"the Ray cluster at {address}" if address else "an embedded local Ray (127.0.0.1)"
+    with ticker(f"starting Ray: {'joining ' if address else ''}{which}"):
         if address:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
         else:
             from ..runtime import _init_loopback_ray
 
             _init_loopback_ray(max(2, len(devices)), {})
-    return True
+    return True, which
 
 
 def _stream(rt: Any, inputs: Sequence[tuple]) -> tuple[list, list]:
@@ -426,7 +441,8 @@ def _generate_step(args: argparse.Namespace) -> tuple[dict | None, list]:
         model = load_pretrained("smollm2-135m")
     tok = model.tokenizer
     n = args.gen_tokens
-    gen = {"max_batch": 4, "max_context": 256, "phase": "decode", "prompt_len": 48, "new_tokens": n}
+    gen = {"max_batch": 4, "max_context": GEN_CONTEXT, "phase": "decode", "prompt_len": GEN_PROMPT,
+           "new_tokens": n}
     with ticker("placing the decoder's blocks for decode and deploying the shards"):
         rt = Runtime(model, example_inputs(model, seq_len=8), devices=["cpu:0", "cpu:1"],
                      policy="pipeline", generation=gen)

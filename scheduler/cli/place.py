@@ -34,8 +34,8 @@ from typing import Any
 
 from ..errors import CLIError
 from .common import (DECODER_CONFIGS, add_model_options, add_placement_options, capture_and_place,
-                     cost_model, echo, fmt_s, graph_line, make_cluster, make_policy, parse_devices,
-                     plan_tables, positive_int, ticker)
+                     check_out, cost_model, echo, fmt_s, graph_line, make_cluster, make_policy,
+                     parse_devices, plan_tables, positive_int, ticker)
 
 #: The generation phases ``--phase`` takes (as :data:`policies.phase.PHASES`).
 PHASES = ("prefill", "decode", "mix")
@@ -84,6 +84,8 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Place the model or graph of ``args`` and print the plan (tables or JSON); returns 0."""
+    if args.out is not None:  # an empty name too is refused, before any work
+        check_out(args.out, "--out", folder=False)
     if getattr(args, "phase", None):
         return run_phase(args)
     graph, cluster, plan, _, _ = capture_and_place(args)

@@ -16,7 +16,12 @@ import argparse
 import os
 
 from ..errors import CLIError
-from .common import Parser, echo, need_action, positive_int
+from .common import Parser, check_out, echo, int_range, need_action
+
+#: The peaks ``profiles list`` shows: dtype -> column (int8 in TOP/s, the others TFLOP/s).
+PEAK_COLUMNS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "int8": "int8"}
+#: The most torch threads ``calibrate --threads`` takes.
+MAX_THREADS = 1024
 
 
 def add_parser(sub) -> None:
@@ -41,8 +46,8 @@ def add_parser(sub) -> None:
     q.add_argument("--out", default=os.path.join("out", "host-cpu.toml"),
                    help="profile file to write (default out/host-cpu.toml)")
     q.add_argument("--quick", action="store_true", help="small sizes, few repeats (seconds)")
-    q.add_argument("--threads", type=positive_int, default=None,
-                   help="torch threads to measure with (default: torch's)")
+    q.add_argument("--threads", type=int_range(1, MAX_THREADS), default=None,
+                   help=f"torch threads to measure with (default: torch's; at most {MAX_THREADS})")
     q.set_defaults(func=run_calibrate)
     p.set_defaults(func=lambda a, p=p: need_action(p, "profiles"))
 
@@ -56,10 +61,11 @@ def run_list(args: argparse.Namespace) -> int:
     rows = []
     for name in profiles.available():
         s = profiles.load(name)
-        f16 = max((s.peak_flops.get(d, 0.0) for d in ("float16", "bfloat16")), default=0.0)
-        rows.append({"profile": name, "kind": s.kind,
-                     "fp32": f"{s.flops_for('float32') / 1e12:.3g} TFLOP/s",
-                     "fp16": f"{f16 / 1e12:.3g} TFLOP/s" if f16 else "-",
+        row = {"profile": name, "kind": s.kind}
+        for dtype, col in PEAK_COLUMNS.items():  # each peak under its own dtype; "-" if none
+            v = s.peak_flops.get(dtype)
+            row[col] = f"{v / 1e12:.3g} {'TOP/s' if col == 'int8' else 'TFLOP/s'}" if v else "-"
+        rows.append({**row,
                      "bandwidth": f"{s.mem_bandwidth / 1e9:.4g} GB/s",
                      "memory": f"{s.mem_capacity / 1e9:.4g} GB",
                      "power": f"{s.active_power:g} W" if s.active_power else "-",
@@ -84,8 +90,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     out = args.out
     if not out.endswith((".toml", ".json")):
         raise CLIError(f"--out {out!r}: a profile file must end in .toml or .json")
-    d = os.path.dirname(os.path.abspath(out))
-    os.makedirs(d, exist_ok=True)
+    check_out(out, "--out", folder=False)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     cmd = "hetsched profiles calibrate --out " + out + (" --quick" if args.quick else "") + \
         (f" --threads {args.threads}" if args.threads else "")
     spec = calibrate(out, quick=args.quick, threads=args.threads, command=cmd)

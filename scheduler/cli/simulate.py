@@ -11,9 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from .common import (add_model_options, add_placement_options, capture_and_place, cost_model, echo,
-                     fmt_s, graph_line, plan_tables, positive_float, positive_int, simulate_module,
-                     ticker)
+from .common import (add_model_options, add_placement_options, capture_and_place, check_out,
+                     cost_model, echo, float_range, fmt_s, graph_line, int_range, plan_tables,
+                     positive_int, simulate_module, ticker)
+
+#: The most requests one simulation streams.
+MAX_REQUESTS = 1_000_000
+#: The Poisson arrival rates ``--rate`` takes, requests/s: (least, most).
+RATES = (1e-6, 1e9)
 
 
 def add_parser(sub) -> None:
@@ -27,15 +32,18 @@ def add_parser(sub) -> None:
                "--requests 32 --in-flight 4")
     add_model_options(p, default_model="small", graph_file=True)
     add_placement_options(p, default_policy="heft", default_objective="latency")
-    p.add_argument("--requests", type=positive_int, default=32, help="requests (default 32)")
+    p.add_argument("--requests", type=int_range(1, MAX_REQUESTS), default=32,
+                   help=f"requests (default 32, at most {MAX_REQUESTS})")
     arr = p.add_mutually_exclusive_group()
-    arr.add_argument("--rate", type=positive_float, default=None,
-                     help="Poisson arrivals at RATE requests/s (default: a closed loop)")
+    arr.add_argument("--rate", type=float_range(*RATES, unit="requests/s"), default=None,
+                     help="Poisson arrivals at RATE requests/s (default: a closed loop; "
+                          f"{RATES[0]:g} to {RATES[1]:g})")
     arr.add_argument("--in-flight", type=positive_int, default=4,
                      help="closed loop: requests in flight at once (default 4)")
     p.add_argument("--link-contention", action="store_true",
                    help="one transfer at a time per link (default: contention-free links)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals")
+    p.add_argument("--seed", type=int_range(0, 2 ** 32 - 1), default=0,
+                   help="seed of the Poisson arrivals (0 to 2**32 - 1)")
     p.add_argument("--out", default=os.path.join("out", "simulate"),
                    help="folder for gantt.png and trace.json (default out/simulate)")
     p.set_defaults(func=run)
@@ -48,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     S = simulate_module()
 
+    check_out(args.out, "--out", folder=True)
     graph, cluster, plan, _, _ = capture_and_place(args)
     cm = cost_model(cluster)
     n = args.requests
