@@ -48,7 +48,7 @@ import torch
 from .cluster import DEVICE_FORMS, _init_loopback_ray, _parse_device, build_cluster, host_spec
 from .dispatch import Dispatcher, Stage
 from .errors import RuntimeClosedError, RuntimeConfigError
-from .signature import InputSignature, TensorSpec
+from .signature import InputSignature, TensorSpec, embedding_index_bounds
 from .stats import Measurement, RuntimeStats, StatsRecorder
 
 __all__ = ["Runtime", "InputSignature", "TensorSpec", "DEVICE_FORMS", "host_spec", "build_cluster"]
@@ -171,7 +171,9 @@ class Runtime:
                 and math.isfinite(recovery_timeout) and recovery_timeout > 0):
             raise RuntimeConfigError(
                 f"recovery_timeout must be a finite number of seconds > 0, got {recovery_timeout!r}")
-        self.signature = InputSignature(example_inputs, dynamic_dims, allow_meta=bool(timing_only))
+        # token ids outside an embedding's table are refused at submit, not in an actor
+        self.signature = InputSignature(example_inputs, dynamic_dims, allow_meta=bool(timing_only),
+                                        index_bounds=embedding_index_bounds(model))
         self.example_inputs = ((example_inputs,) if isinstance(example_inputs, torch.Tensor)
                                else tuple(example_inputs))
         self.pace = pace
@@ -415,17 +417,31 @@ class Runtime:
         return self._transfer.get((u, v), 0.0)
 
     def _init_ray(self, address: str | None) -> None:
+        """Join the cluster at ``address`` (or ``RAY_ADDRESS``) after probing that it answers
+        (:func:`~scheduler.cluster.probe_ray_address`), or start an embedded Ray of our own
+        (never a cluster found on this machine); a Ray already initialised here is reused.
+        Sets ``_joined``: whether the Ray is a cluster we joined (see :meth:`_deploy`)."""
         import ray
 
         from executors.serialization import register
 
+        from .cluster import check_client_support, probe_ray_address
+
+        source = "ray_address" if address else "RAY_ADDRESS"
         address = address or os.environ.get("RAY_ADDRESS") or None
+        self._joined = False
         if not ray.is_initialized():
             if address:
+                check_client_support(address)
+                probe_ray_address(address, source=source)
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
+                self._joined = True
             else:
-                _init_loopback_ray(num_cpus=max(2, len(self.devices)), resources=self._sim_resources())
+                _init_loopback_ray(num_cpus=max(2, len(self.devices)),
+                                   resources=self._sim_resources())
             self._owns_ray = True
+        else:  # reused: a cluster if it has more than this machine's node
+            self._joined = sum(1 for n in ray.nodes() if n.get("Alive")) > 1
         register()  # tensors travel as NumPy arrays, not torch.save archives
 
     def _sim_resources(self) -> dict[str, float]:
@@ -458,16 +474,36 @@ class Runtime:
         import ray
         from executors.ray_actor import ExecutorActor, actor_options
 
+        from .cluster import DEPLOY_TIMEOUT, actor_demand, check_placeable, warn_unpinned_sim
+
         used = {p.device for p in self.partitioned.parts}
         used |= {s.device for s in getattr(self, "_gen_stages", ())}
         used = sorted(used, key=self.devices.index)
+        # an actor asking for a resource no node has is queued forever, not refused: check
+        # every device before creating any actor
+        res = ray.cluster_resources()
+        nodes = ray.nodes()
+        options = {d: dict(actor_options(d, cluster_resources=res)) for d in used}
+        check_placeable({d: actor_demand(o) for d, o in options.items()}, nodes)
+        warn_unpinned_sim(used, res, joined=getattr(self, "_joined", False),
+                          n_nodes=sum(1 for n in nodes if n.get("Alive")))
         for d in used:
-            opts = dict(actor_options(d))
+            opts = options[d]
             opts.setdefault("max_restarts", self._max_restarts)
             opts.setdefault("max_task_retries", 0)
             self._actors[d] = ExecutorActor.options(**opts).remote(d, **self._actor_kwargs(d))
-        ray.get([self._actors[p.device].load.remote(p, self.predicted[p.id])
-                 for p in self.partitioned.parts])
+        loads = {p.device: [] for p in self.partitioned.parts}
+        for p in self.partitioned.parts:
+            loads[p.device].append(self._actors[p.device].load.remote(p, self.predicted[p.id]))
+        refs = [r for rs in loads.values() for r in rs]
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=DEPLOY_TIMEOUT)
+        if pending:  # resources another job holds, a node gone, a load that hangs
+            late = [d for d, rs in loads.items() if set(pending) & set(rs)]
+            raise RuntimeConfigError(
+                f"executor actors for {', '.join(late)} did not start and load their "
+                f"partitions within {DEPLOY_TIMEOUT:g} s; other jobs may hold the resources "
+                f"they need (free now: {ray.available_resources()})")
+        ray.get(refs)
 
     def _recover(self) -> None:
         """Bring every actor back with its partitions loaded (called before a retry)."""

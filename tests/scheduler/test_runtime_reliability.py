@@ -194,7 +194,11 @@ def test_partition_error_fails_that_request_only_without_retry(rt, tiny):
     model, x = tiny
     rt._dispatcher.drain(30)
     before = rt.stats()
-    bad = rt.submit(torch.full_like(x[0], 10_000))  # right signature, token id past the vocabulary
+    ids = torch.full_like(x[0], 10_000)  # token ids past the vocabulary: refused at submit,
+    with pytest.raises(InputSignatureError, match="out of range"):
+        rt.submit(ids)
+    values = rt.partitioned.bind(ids)  # and past that check, they fail in the actor
+    bad = rt._dispatcher.submit(tuple(values[n] for n in rt.partitioned.input_names))
     good = rt.submit(*x)
     with pytest.raises(RequestFailed, match=r"after 1 attempt\(s\).*(index|Index)"):
         bad.result(timeout=60)
