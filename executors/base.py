@@ -488,21 +488,21 @@ class Executor(ABC):
         return f"{type(self).__name__}({self.device!r}, loaded={self.loaded()})"
 
     # ------------------------------------------------------------------ hooks
-    def _entry(self, partition_id: int) -> _Loaded:
+    def _lookup(self, table: dict, key: Any, what: str) -> Any:
+        """``table[int(key)]``, or :class:`ExecutorStateLost` naming what is loaded (a
+        restarted actor has nothing: the caller reloads and retries)."""
         try:
-            return self._parts[int(partition_id)]
+            return table[int(key)]
         except (KeyError, TypeError, ValueError):
-            ids = ", ".join(map(str, self.loaded())) or "(none)"
-            raise ExecutorStateLost(f"{self.device}: partition {partition_id!r} is not loaded; "
-                                    f"loaded partitions: {ids}") from None
+            ids = ", ".join(map(str, sorted(table))) or "(none)"
+            raise ExecutorStateLost(f"{self.device}: {what} {key!r} is not loaded; "
+                                    f"loaded {what}s: {ids}") from None
+
+    def _entry(self, partition_id: int) -> _Loaded:
+        return self._lookup(self._parts, partition_id, "partition")
 
     def _shard_entry(self, shard_id: int) -> _Shard:
-        try:
-            return self._shards[int(shard_id)]
-        except (KeyError, TypeError, ValueError):
-            ids = ", ".join(map(str, self.shards())) or "(none)"
-            raise ExecutorStateLost(f"{self.device}: shard {shard_id!r} is not loaded; "
-                                    f"loaded shards: {ids}") from None
+        return self._lookup(self._shards, shard_id, "shard")
 
     def _check_step(self, shard: Any, seq_ids: Any, x: Any, reserve: Any, sample: Any,
                     all_logits: bool) -> tuple[tuple, tuple | None, tuple | None]:
