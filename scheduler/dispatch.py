@@ -49,8 +49,16 @@ Failures: an actor that dies (``RayActorError``) or an executor error (for insta
 restarted actor that lost its partitions) makes the request *retryable*: a recovery thread
 calls the runtime's ``recover`` hook (which waits for the actor to come back and reloads
 its partitions) and then re-issues the group's requests, in new groups, with fresh refs.
+One recovery serves every group waiting when it starts, and new requests are held (at
+most their ``submit_timeout``) while it runs. When ``recover`` gives up on a device (its
+actor is gone for good), the device is *lost*: every request whose route uses it fails at
+once, together, with a ``RequestFailed`` naming it, and later ones fail without another
+recovery attempt (until the runtime replaces the actor or a request through it completes).
 A request fails for good (``RequestFailed``) after ``max_retries`` retries or when its partition
 raised an ordinary exception.
+
+Exit: an atexit hook closes every live dispatcher before Ray's own atexit shutdown, so a
+driver that exits without ``shutdown()`` leaves no thread calling into a stopped Ray.
 
 Early exits: with ``exits`` (see :mod:`scheduler.gated`) a group runs in *phases*. A
 phase issues the stages up to the next exit point (the partition holding a shallow path,
@@ -72,130 +80,63 @@ actor handles, and the runtime tells it how to rebuild an output (``assemble``).
 """
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
-import functools
 import heapq
 import itertools
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+import weakref
 from typing import Any, Callable, Hashable, Mapping, Sequence
 
 from executors.base import MemberError
 
 from .errors import PlanSwitchError, RequestFailed, RequestTimeout, RuntimeClosedError, SubmitTimeout
+from .requests import Stage, _Group, _is_infrastructure, _Request, _Route, _uses
 from .stats import Measurement, RequestRecord, StatsRecorder, dag_makespan, request_energy
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One partition call of a request.
-
-    Example:
-        >>> Stage(pid=0, device="cpu", inputs=("x",), outputs=("y",)).outputs
-        ('y',)
-    """
-
-    pid: int  # partition id (as loaded on the device's actor)
-    device: str  # device name; the key of the actor that runs it
-    inputs: tuple[str, ...]  # value names it consumes, in argument order
-    outputs: tuple[str, ...]  # value names it returns, in return order
-
-
-@dataclass(eq=False)
-class _Request:
-    rid: int
-    inputs: tuple  # the model inputs (kept for retries)
-    future: cf.Future
-    submitted: float  # time.time()
-    deadline: float | None  # time.monotonic() deadline
-    attempt: int = 0
-    state: str = "running"
-    group: "_Group | None" = None  # the group carrying the current attempt (None: not issued)
-    meta_refs: list = field(default_factory=list)  # (pid, ObjectRef of the group's meta records, slot)
-    exit_depth: int = 0  # depth the request left at; 0 = the full model
-    version: int = 0  # plan version of the current attempt (every call of it runs on it)
-
-
-@dataclass(eq=False)
-class _Group:
-    """Requests that travel together: one actor call per partition carries all of them."""
-
-    members: tuple  # _Request records; a member's index here is its slot in every column
-    version: int  # plan version (every member's)
-    values: dict = field(default_factory=dict)  # value name -> ObjectRef or inline column
-    select: tuple | None = None  # slots still going on (None: all)
-    cursor: int = 0  # index of the next stage to issue (phases with exits)
-    pending: dict = field(default_factory=dict)  # part (gate index j, or "out") -> refs awaited
-    got: dict = field(default_factory=dict)  # (part, index) -> fetched column
-    gates: tuple = ()  # the ExitPoints of the current phase, in order
-    decided: int = 0  # how many of them the driver has decided on
-    ahead: bool = False  # the phase also ran the rest of the model for its gates' hard members
-    dead: bool = False  # finished, or abandoned for a retry: its events are ignored
-
-    def live(self) -> list[tuple[int, "_Request"]]:
-        """(slot, request) of the members this group still carries (caller holds the lock)."""
-        slots = range(len(self.members)) if self.select is None else self.select
-        return [(s, self.members[s]) for s in slots
-                if self.members[s].group is self and self.members[s].state == "running"]
-
-
-@dataclass
-class _Route:
-    """The partition calls of one plan version (see :meth:`Dispatcher.add_version`)."""
-
-    stages: tuple  # Stage records in a topological order
-    stage_of: dict  # pid -> Stage
-    uses: dict  # value name -> number of stages reading it
-    dag: Any = None  # partition DAG (pids) for a request's simulated makespan
-    transfer: Any = None  # transfer(u, v) seconds between partitions
-    retired: bool = False  # drained and unloaded; kept for late measurements
-
-    @functools.cached_property
-    def window(self) -> int:
-        """Groups in flight at once before new requests wait to be coalesced: two per
-        device (one running on each device, one queued behind it)."""
-        return 2 * max(1, len({s.device for s in self.stages}))
-
-
-def _uses(stages) -> dict:
-    uses: dict[str, int] = {}
-    for st in stages:
-        for n in st.inputs:
-            uses[n] = uses.get(n, 0) + 1
-    return uses
-
 
 #: seconds of expected device work one coalesced call may carry (see the module docstring)
 GROUP_WORK = 10e-3
+
+def _last_line(err: BaseException) -> str:
+    """The last non-empty line of an error's text (Ray puts the cause's text last)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+#: seconds :meth:`Dispatcher.submit` holds a request while actors are recovered (no submit timeout)
+HOLD_LIMIT = 60.0
 
 # event kinds on the completion queue
 _EV_REF, _EV_CANCEL, _EV_RETRY_FAILED, _EV_STOP, _EV_WAKE, _EV_READY = range(6)
 
 
-def _is_infrastructure(err: BaseException) -> bool:
-    """True for failures a retry can fix: a dead or restarting actor, a lost object, a
-    worker crash, or a restarted actor that lacks its partitions (the executor's "is not
-    loaded" error). A partition that raised (bad values, a bug) is not retried."""
-    try:
-        import ray.exceptions as rex
-    except Exception:  # pragma: no cover
-        return False
-    infra = (rex.RayActorError, rex.ObjectLostError, rex.WorkerCrashedError)
-    from executors.errors import ExecutorError, ExecutorStateLost
+#: dispatchers not closed yet, closed at interpreter exit before Ray shuts down
+_LIVE: "weakref.WeakSet[Dispatcher]" = weakref.WeakSet()
+_AT_EXIT = threading.Lock()
+_hooked = False
 
-    cause = err
-    for _ in range(4):
-        if isinstance(cause, infra) or isinstance(cause, ExecutorStateLost):
-            return True
-        if isinstance(cause, ExecutorError) and "is not loaded" in str(cause):
-            return True
-        nxt = getattr(cause, "cause", None) or cause.__cause__
-        if nxt is None or nxt is cause:
-            break
-        cause = nxt
-    return False
+
+def _close_at_exit() -> None:
+    """atexit hook: close every live dispatcher (failing the requests in flight) while Ray
+    is still up. atexit runs hooks last-registered first, and Ray registers its own
+    shutdown when it is imported, before any dispatcher registers this one, so this runs
+    first: no dispatcher thread touches Ray's core worker after it has shut down (which
+    makes Ray exit the process with status 1)."""
+    for d in list(_LIVE):
+        try:
+            d.close(cancel=True, flush=False)  # no waiting on actors for measurements now
+        except Exception:  # noqa: BLE001 - the interpreter is exiting
+            pass
+
+
+def _hook_exit() -> None:
+    global _hooked
+    with _AT_EXIT:
+        if not _hooked:
+            atexit.register(_close_at_exit)
+            _hooked = True
 
 
 class Dispatcher:
@@ -313,8 +254,12 @@ class Dispatcher:
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._deadlines: list[tuple[float, int]] = []
         self._closed = False
-        self._healthy = threading.Event()
+        self._healthy = threading.Event()  # cleared while failed actors are being recovered
         self._healthy.set()
+        #: device -> (its actor handle when recovery gave up, the error that started the
+        #: recovery, why it gave up): requests on it fail at
+        #: once until the runtime replaces the actor or a request through it completes
+        self._lost: dict[str, tuple[Any, str, str]] = {}
         self._retry_queue: queue.SimpleQueue = queue.SimpleQueue()
         self._completer = threading.Thread(target=self._complete_loop, name="hetsched-complete",
                                            daemon=True)
@@ -323,16 +268,23 @@ class Dispatcher:
         self._completer.start()
         self._retrier.start()
         self._issuer.start()
+        _LIVE.add(self)
+        _hook_exit()  # after ``import ray`` above, so it runs before Ray's own atexit hook
 
     # ------------------------------------------------------------------- submit
     def submit(self, inputs: tuple, request_timeout: float | None = None) -> cf.Future:
         """Admit one request and return the future of its result: issued at once when the
         dispatcher is idle, else queued for the issuer thread to send in a group.
 
-        ``request_timeout`` overrides the dispatcher's for this request."""
+        ``request_timeout`` overrides the dispatcher's for this request; it counts from this
+        call. The call blocks at most ``submit_timeout`` seconds in all, whether for a free
+        slot or while failed actors are being recovered (new work is held meanwhile)."""
+        start, now = time.monotonic(), time.time()  # the request's clock starts here
         if self._closed:
             raise RuntimeClosedError("the runtime is shut down; create a new Runtime to submit")
         timeout = self.submit_timeout
+        limit = self.request_timeout if request_timeout is None else request_timeout
+        deadline = (start + limit) if limit else None
         got = self._slots.acquire() if timeout is None else self._slots.acquire(timeout=timeout)
         if not got:
             raise SubmitTimeout(
@@ -341,12 +293,9 @@ class Dispatcher:
         try:
             if self._closed:
                 raise RuntimeClosedError("the runtime is shut down; create a new Runtime to submit")
-            self._healthy.wait(timeout=60.0)  # hold new work while actors are being recovered
-            now = time.time()
+            self._wait_healthy(start, timeout, deadline)
             fut: cf.Future = cf.Future()
             rid = next(self._ids)
-            limit = self.request_timeout if request_timeout is None else request_timeout
-            deadline = (time.monotonic() + limit) if limit else None
             req = _Request(rid=rid, inputs=tuple(inputs), future=fut, submitted=now, deadline=deadline)
             fut.request = rid  # type: ignore[attr-defined]
             with self._lock:
@@ -374,6 +323,26 @@ class Dispatcher:
         if deadline is not None:
             self._events.put((_EV_WAKE,))  # wake the loop to see the deadline
         return fut
+
+    def _wait_healthy(self, start: float, timeout: float | None, deadline: float | None) -> None:
+        """Hold a new request while failed actors are being recovered: until they are back,
+        its request deadline (it is then admitted and times out at once), or
+        :data:`HOLD_LIMIT` seconds; raise :class:`SubmitTimeout` when ``submit_timeout``
+        (counted from ``start``) ends first."""
+        if self._healthy.is_set():
+            return
+        ends = [(start + HOLD_LIMIT, "hold")]
+        if timeout is not None:
+            ends.append((start + timeout, "submit"))
+        if deadline is not None:
+            ends.append((deadline, "request"))
+        end, why = min(ends, key=lambda e: e[0])
+        if self._healthy.wait(timeout=max(0.0, end - time.monotonic())) or why != "submit":
+            return
+        raise SubmitTimeout(
+            f"submit waited submit_timeout={timeout} s while the actors of failed devices were "
+            f"being recovered (new requests are held until recovery ends); retry later, or "
+            f"raise the submit timeout above the runtime's recovery_timeout")
 
     def _issue_loop(self) -> None:
         """The issuer thread: send what queued meanwhile as one group whenever fewer than
@@ -583,9 +552,10 @@ class Dispatcher:
                         delay is not None and time.time() - self._backlog[0][1] > delay)):
                     self.flush()  # idle for 50 ms, enough records for one batch, or old enough
             except Exception:  # pragma: no cover - keep serving; the error is on a future
-                import traceback
+                if not self._closed:  # once closed, Ray may be going away: stop quietly
+                    import traceback
 
-                traceback.print_exc()
+                    traceback.print_exc()
 
     def _handle(self, ev: tuple) -> None:
         kind = ev[0]
@@ -701,35 +671,133 @@ class Dispatcher:
             self.recorder.add_retry()
         if retry:
             self._retry_queue.put((retry, err))
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        summary = lines[-1] if lines else type(err).__name__  # Ray puts the cause's text last
+        summary = _last_line(err)
         for req in fail:
             self._finish(req.rid, "failed", RequestFailed(
                 f"request {req.rid} failed after {req.attempt + 1} attempt(s) (waiting for "
                 f"{where}): {summary}", err))
 
     def _retry_loop(self) -> None:
+        """The recovery thread: one recovery at a time, shared by every request waiting
+        for it (whatever queued meanwhile joins the same attempt)."""
         while True:
             item = self._retry_queue.get()
             if item is None:
                 return
-            reqs, err = item
+            batch, stop = [item], False
+            while True:  # every group that failed meanwhile waits on this one recovery
+                try:
+                    nxt = self._retry_queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
             try:
-                if self.recover is not None:
-                    self.recover()
+                self._recover_batch(batch)
+            except Exception:  # pragma: no cover - never lose the recovery thread
                 self._healthy.set()
-                with self._lock:
-                    # skip the finished, and those already restarted by reroute()
-                    again = [r for r in reqs if r.state == "running" and r.group is None]
-                    for r in again:
-                        self._repin(r)
-                    self._issue(again)
+            if stop:
+                return
+
+    def _recover_batch(self, batch: list) -> None:
+        """Recover once for the requests of ``batch`` ((requests, error) items) and re-issue
+        them; when recovery gives up on a device, mark it lost and fail every request whose
+        route uses it, together (:meth:`_fail_lost`). Requests on a device already lost
+        fail at once, without another recovery attempt."""
+        reqs = [r for rs, _ in batch for r in rs]
+        self._fail_lost()
+        with self._lock:
+            waiting = [r for r in reqs if r.state == "running" and r.group is None]
+        if not waiting:
+            self._healthy.set()
+            return
+        try:
+            if self.recover is not None:
+                self.recover()
+        except BaseException as e:  # noqa: BLE001 - every waiting request gets the error
+            devices = self._devices_of(e) or {d for _, err in batch for d in self._devices_of(err)}
+            reason = f"{type(e).__name__}: {_last_line(e)}"
+            first = batch[0][1]
+            with self._lock:
+                for d in devices:
+                    self._lost[d] = (self.actors.get(d), type(first).__name__, reason)
+            self._fail_lost()
+            self._healthy.set()
+            for r in waiting:  # not on a device known lost: fail with the recovery's error
+                self._finish(r.rid, "failed", RequestFailed(
+                    f"request {r.rid}: recovery after {type(first).__name__} failed: {reason}", e))
+            return
+        self._healthy.set()
+        with self._lock:
+            # skip the finished, and those already restarted by reroute()
+            again = [r for r in waiting if r.state == "running" and r.group is None]
+            for r in again:
+                self._repin(r)
+            try:
+                self._issue(again)
             except BaseException as e:  # noqa: BLE001
-                self._healthy.set()
-                for r in reqs:
-                    self._events.put((_EV_RETRY_FAILED, r.rid, RequestFailed(
-                        f"request {r.rid}: recovery after {type(err).__name__} failed: "
-                        f"{type(e).__name__}: {e}", e)))
+                failed, error = [r.rid for r in again if r.state == "running"], e
+            else:
+                failed, error = [], None
+        for rid in failed:
+            self._finish(rid, "failed", RequestFailed(
+                f"request {rid}: re-issuing its partition calls failed: {error}", error))
+
+    def _devices_of(self, err: BaseException | None) -> set[str]:
+        """Devices whose actor ``err`` (or an error in its cause chain) names."""
+        ids: set[str] = set()
+        for _ in range(6):
+            if err is None:
+                break
+            aid = getattr(err, "actor_id", None)
+            if aid:
+                ids.add(aid if isinstance(aid, str) else getattr(aid, "hex", lambda: str(aid))())
+            nxt = getattr(err, "cause", None) or err.__cause__ or err.__context__
+            if nxt is err:
+                break
+            err = nxt
+        if not ids:
+            return set()
+        out = set()
+        for d, a in dict(self.actors).items():
+            aid = getattr(a, "_actor_id", None)
+            if aid is not None and aid.hex() in ids:
+                out.add(d)
+        return out
+
+    def _lost_device(self, req: _Request) -> str | None:
+        """The first lost device on the request's route, if any (caller holds the lock): a
+        device whose recovery gave up, while the runtime has not replaced its actor."""
+        if not self._lost:
+            return None
+        route = self._routes.get(req.version)
+        for st in (route.stages if route is not None else ()):
+            lost = self._lost.get(st.device)
+            if lost is not None and lost[0] is self.actors.get(st.device):
+                return st.device
+        return None
+
+    def _fail_lost(self) -> None:
+        """Fail, together, every request in flight whose route uses a lost device."""
+        doomed = []
+        with self._lock:
+            if not self._lost:
+                return
+            for req in list(self._requests.values()):
+                dev = None if req.state != "running" else self._lost_device(req)
+                if dev is None:
+                    continue
+                if req.group is not None:
+                    self._retire_group(req.group)
+                    req.group = None
+                doomed.append((req, dev, *self._lost[dev][1:]))
+        for req, dev, after, reason in doomed:
+            self._finish(req.rid, "failed", RequestFailed(
+                f"request {req.rid} failed after {req.attempt + 1} attempt(s): recovery after "
+                f"{after} failed: device {dev!r} is lost: its actor did not come back within "
+                f"the recovery timeout ({reason})"))
 
     def _expire(self) -> None:
         now = time.monotonic()
@@ -752,6 +820,10 @@ class Dispatcher:
                 return
             req.state = status
             del self._requests[rid]
+            if status == "completed" and self._lost:  # its devices answer again
+                route = self._routes.get(req.version)
+                for st in (route.stages if route is not None else ()):
+                    self._lost.pop(st.device, None)
             req.group = None  # its group drops its refs (Ray frees the objects) once it is done
             metas, req.meta_refs = req.meta_refs, []
         self._slots.release()
@@ -946,10 +1018,16 @@ class Dispatcher:
             time.sleep(0.005)
         return True
 
-    def close(self, cancel: bool = True) -> None:
-        """Stop accepting requests; cancel those in flight (``cancel``) and stop threads."""
+    def close(self, cancel: bool = True, flush: bool = True) -> None:
+        """Stop accepting requests; record the measurements of completed requests
+        (``flush``); cancel those in flight (``cancel``) and stop threads. Idempotent."""
         self._closed = True
-        self.flush()
+        _LIVE.discard(self)
+        if flush:
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - a lost measurement must not stop the close
+                pass
         if cancel:
             with self._lock:
                 rids = list(self._requests)
@@ -966,4 +1044,4 @@ class Dispatcher:
         self._issuer.join(timeout=5)
 
 
-__all__ = ["Dispatcher", "Stage"]
+__all__ = ["Dispatcher", "Stage", "GROUP_WORK"]

@@ -819,7 +819,14 @@ class Runtime:
 
     def shutdown(self, wait: bool = True, timeout: float | None = 30.0) -> None:
         """Stop serving: wait for requests in flight (``wait``) or fail them, kill the
-        actors, and stop Ray if this runtime started it. Idempotent."""
+        actors, and stop Ray if this runtime started it. Idempotent and thread-safe: a
+        second caller waits for the first one's shutdown to end."""
+        # one lock per runtime, made on first use (dict.setdefault is atomic), so that a
+        # shutdown while __init__ is still deploying finds one too
+        with self.__dict__.setdefault("_shutdown_lock", threading.RLock()):
+            self._shutdown(wait, timeout)
+
+    def _shutdown(self, wait: bool, timeout: float | None) -> None:
         import ray
 
         if self._adaptive is not None:
@@ -837,15 +844,17 @@ class Runtime:
                 self.write_trace(self._trace_path)
             except Exception:  # noqa: BLE001 - never fail a shutdown over a trace
                 pass
-        for a in self._actors.values():
-            try:
-                ray.kill(a)
-            except Exception:  # noqa: BLE001
-                pass
+        actors = list(self._actors.values())
         self._actors.clear()
+        if ray.is_initialized():  # after Ray's own shutdown (interpreter exit) they are gone
+            for a in actors:
+                try:
+                    ray.kill(a)
+                except Exception:  # noqa: BLE001
+                    pass
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
-            self._owns_ray = False
+        self._owns_ray = False
 
     def __enter__(self) -> "Runtime":
         return self
