@@ -7,7 +7,7 @@ from .opgraph import GRANULARITIES, NODE_ATTRS, OP_KINDS, OpGraph
 __all__ = ["OpGraph", "OP_KINDS", "NODE_ATTRS", "GRANULARITIES", "HetschedError", "GraphError",
            "CyclicGraphError", "CaptureError", "GraphFormatError", "UnknownNameError"]
 
-# capture, coarsening, JSON, reference models (issue 2)
+# capture, coarsening, JSON, reference models
 from . import models
 from .capture import capture
 from .coarsen import coarsen
@@ -15,12 +15,12 @@ from .io import from_json, load, save, summary, to_json
 
 __all__ += ["capture", "coarsen", "to_json", "from_json", "save", "load", "summary", "models"]
 
-# partitioning into same-device fx submodules (issue 5; helper "executors")
+# partitioning into same-device fx submodules
 from .partition import Partition, PartitionedModel, partition  # noqa: E402
 
 __all__ += ["partition", "Partition", "PartitionedModel"]
 
-# vision models with early exits and the Fashion-MNIST loader (issue 6; helper "gating")
+# vision models with early exits and the Fashion-MNIST loader
 from .datasets import (DatasetError, FashionMNIST, fashion_mnist_available, fashion_mnist_splits,  # noqa: E402
                        load_fashion_mnist)
 from .vision import ExitCNN, ExitCosts, ExitModel, ExitModelError, ExitViT, count_costs, vision_model  # noqa: E402

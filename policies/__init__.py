@@ -24,7 +24,7 @@ from .search import Search
 from .pipeline import Pipeline, split_chain
 from .auto import Auto
 
-# cost models (helper "profiles")
+# cost models
 from .abstract import RelatedMachines, TableCostModel, graph_from_table  # noqa: E402
 from .calibrated import CalibratedCostModel, Measurement  # noqa: E402
 from .roofline import RooflineCostModel  # noqa: E402
@@ -39,7 +39,7 @@ __all__ = [
     "CalibratedCostModel", "Measurement",
 ]
 
-# early-exit gating: gates, cascades, calibration (issue 6; helper "gating")
+# early-exit gating: gates, cascades, calibration
 from . import gating  # noqa: E402
 from .gating import (Cascade, Gate, LearnedGate, available_gates, calibrate_cascade,  # noqa: E402
                      calibrate_threshold, make_gate, run_gated)

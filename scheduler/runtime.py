@@ -856,6 +856,10 @@ class Runtime:
             ray.shutdown()
         self._owns_ray = False
 
+    def close(self, wait: bool = True, timeout: float | None = 30.0) -> None:
+        """The same as :meth:`shutdown` (the name files and sockets use)."""
+        self.shutdown(wait, timeout)
+
     def __enter__(self) -> "Runtime":
         return self
 
