@@ -77,6 +77,11 @@ The future of a completed request carries ``exit_depth`` (0: full model).
 
 The dispatcher knows nothing about models or policies: it gets :class:`Stage` records and
 actor handles, and the runtime tells it how to rebuild an output (``assemble``).
+
+One concept per module: this one issues requests and handles completions; the records
+(:mod:`scheduler.requests`), recovery (:mod:`scheduler.dispatch_recovery`), plan versions
+(:mod:`scheduler.dispatch_versions`) and the accounting of finished calls
+(:mod:`scheduler.dispatch_records`) are beside it, mixed into :class:`Dispatcher`.
 """
 from __future__ import annotations
 
@@ -93,16 +98,14 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 from executors.base import MemberError
 
 from .errors import PlanSwitchError, RequestFailed, RequestTimeout, RuntimeClosedError, SubmitTimeout
+from .dispatch_records import _RecordsMixin
+from .dispatch_recovery import _last_line, _RecoveryMixin
+from .dispatch_versions import _VersionsMixin
 from .requests import Stage, _Group, _is_infrastructure, _Request, _Route, _uses
-from .stats import Measurement, RequestRecord, StatsRecorder, dag_makespan, request_energy
+from .stats import Measurement, RequestRecord, StatsRecorder
 
 #: seconds of expected device work one coalesced call may carry (see the module docstring)
 GROUP_WORK = 10e-3
-
-def _last_line(err: BaseException) -> str:
-    """The last non-empty line of an error's text (Ray puts the cause's text last)."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(err).__name__
 
 
 #: seconds :meth:`Dispatcher.submit` holds a request while actors are recovered (no submit timeout)
@@ -139,7 +142,7 @@ def _hook_exit() -> None:
             _hooked = True
 
 
-class Dispatcher:
+class Dispatcher(_RecordsMixin, _RecoveryMixin, _VersionsMixin):
     """Runs requests through a partition DAG on Ray actors (see the module docstring).
 
     Args:
@@ -677,128 +680,6 @@ class Dispatcher:
                 f"request {req.rid} failed after {req.attempt + 1} attempt(s) (waiting for "
                 f"{where}): {summary}", err))
 
-    def _retry_loop(self) -> None:
-        """The recovery thread: one recovery at a time, shared by every request waiting
-        for it (whatever queued meanwhile joins the same attempt)."""
-        while True:
-            item = self._retry_queue.get()
-            if item is None:
-                return
-            batch, stop = [item], False
-            while True:  # every group that failed meanwhile waits on this one recovery
-                try:
-                    nxt = self._retry_queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            try:
-                self._recover_batch(batch)
-            except Exception:  # pragma: no cover - never lose the recovery thread
-                self._healthy.set()
-            if stop:
-                return
-
-    def _recover_batch(self, batch: list) -> None:
-        """Recover once for the requests of ``batch`` ((requests, error) items) and re-issue
-        them; when recovery gives up on a device, mark it lost and fail every request whose
-        route uses it, together (:meth:`_fail_lost`). Requests on a device already lost
-        fail at once, without another recovery attempt."""
-        reqs = [r for rs, _ in batch for r in rs]
-        self._fail_lost()
-        with self._lock:
-            waiting = [r for r in reqs if r.state == "running" and r.group is None]
-        if not waiting:
-            self._healthy.set()
-            return
-        try:
-            if self.recover is not None:
-                self.recover()
-        except BaseException as e:  # noqa: BLE001 - every waiting request gets the error
-            devices = self._devices_of(e) or {d for _, err in batch for d in self._devices_of(err)}
-            reason = f"{type(e).__name__}: {_last_line(e)}"
-            first = batch[0][1]
-            with self._lock:
-                for d in devices:
-                    self._lost[d] = (self.actors.get(d), type(first).__name__, reason)
-            self._fail_lost()
-            self._healthy.set()
-            for r in waiting:  # not on a device known lost: fail with the recovery's error
-                self._finish(r.rid, "failed", RequestFailed(
-                    f"request {r.rid}: recovery after {type(first).__name__} failed: {reason}", e))
-            return
-        self._healthy.set()
-        with self._lock:
-            # skip the finished, and those already restarted by reroute()
-            again = [r for r in waiting if r.state == "running" and r.group is None]
-            for r in again:
-                self._repin(r)
-            try:
-                self._issue(again)
-            except BaseException as e:  # noqa: BLE001
-                failed, error = [r.rid for r in again if r.state == "running"], e
-            else:
-                failed, error = [], None
-        for rid in failed:
-            self._finish(rid, "failed", RequestFailed(
-                f"request {rid}: re-issuing its partition calls failed: {error}", error))
-
-    def _devices_of(self, err: BaseException | None) -> set[str]:
-        """Devices whose actor ``err`` (or an error in its cause chain) names."""
-        ids: set[str] = set()
-        for _ in range(6):
-            if err is None:
-                break
-            aid = getattr(err, "actor_id", None)
-            if aid:
-                ids.add(aid if isinstance(aid, str) else getattr(aid, "hex", lambda: str(aid))())
-            nxt = getattr(err, "cause", None) or err.__cause__ or err.__context__
-            if nxt is err:
-                break
-            err = nxt
-        if not ids:
-            return set()
-        out = set()
-        for d, a in dict(self.actors).items():
-            aid = getattr(a, "_actor_id", None)
-            if aid is not None and aid.hex() in ids:
-                out.add(d)
-        return out
-
-    def _lost_device(self, req: _Request) -> str | None:
-        """The first lost device on the request's route, if any (caller holds the lock): a
-        device whose recovery gave up, while the runtime has not replaced its actor."""
-        if not self._lost:
-            return None
-        route = self._routes.get(req.version)
-        for st in (route.stages if route is not None else ()):
-            lost = self._lost.get(st.device)
-            if lost is not None and lost[0] is self.actors.get(st.device):
-                return st.device
-        return None
-
-    def _fail_lost(self) -> None:
-        """Fail, together, every request in flight whose route uses a lost device."""
-        doomed = []
-        with self._lock:
-            if not self._lost:
-                return
-            for req in list(self._requests.values()):
-                dev = None if req.state != "running" else self._lost_device(req)
-                if dev is None:
-                    continue
-                if req.group is not None:
-                    self._retire_group(req.group)
-                    req.group = None
-                doomed.append((req, dev, *self._lost[dev][1:]))
-        for req, dev, after, reason in doomed:
-            self._finish(req.rid, "failed", RequestFailed(
-                f"request {req.rid} failed after {req.attempt + 1} attempt(s): recovery after "
-                f"{after} failed: device {dev!r} is lost: its actor did not come back within "
-                f"the recovery timeout ({reason})"))
-
     def _expire(self) -> None:
         now = time.monotonic()
         expired = []
@@ -854,153 +735,6 @@ class Dispatcher:
             fut.set_result(value)
         else:
             fut.set_exception(value)
-
-    def flush(self) -> None:
-        """Fetch the meta records of completed requests (in one batch) and record their
-        measurements and request records; called by the completion thread when idle and
-        before statistics are read."""
-        with self._flush_lock:
-            backlog, self._backlog = self._backlog, []
-            if not backlog:
-                return
-            # a group call's meta record is one object (a column over its members): fetch
-            # each once
-            unique = list({ref: None for _, _, metas in backlog for _, ref, _ in metas})
-            try:
-                columns = dict(zip(unique, self._ray.get(unique, timeout=60)))
-            except Exception:  # noqa: BLE001 - a lost meta record only costs a measurement
-                columns = {}
-                for ref in unique:
-                    try:
-                        columns[ref] = self._ray.get(ref, timeout=10)
-                    except Exception:  # noqa: BLE001
-                        pass
-            for req, finished, metas in backlog:
-                got, complete = {}, True
-                for pid, ref, slot in metas:
-                    col = columns.get(ref)
-                    if col is None or slot >= len(col):
-                        complete = False  # a lost record: no makespan for this request
-                        continue
-                    m = col[slot]  # None: skipped (it left at an exit before this partition)
-                    if m is not None and not isinstance(m, MemberError):
-                        got[pid] = m
-                for pid, v in got.items():
-                    m = Measurement(request=req.rid, attempt=req.attempt, partition=pid,
-                                    device=v.device, start=v.start, duration=v.duration,
-                                    wall=v.wall, simulated=bool(v.simulated), version=req.version)
-                    self.recorder.add_measurement(m)
-                    old = self._wall.get(pid)
-                    self._wall[pid] = v.wall if old is None else 0.8 * old + 0.2 * v.wall
-                    for cb in self.on_measurement:
-                        try:
-                            cb(m)
-                        except Exception:  # noqa: BLE001 - a user hook must not stop the runtime
-                            pass
-                sim, energy = (self._request_sim(got, self._routes.get(req.version))
-                               if complete else (None, None))
-                flops = (sum(self.flops.get(pid, 0.0) for pid in got) if self.flops and complete
-                         else None)
-                self.recorder.add_request(RequestRecord(
-                    request=req.rid, submitted=req.submitted, finished=finished,
-                    status="completed", attempts=req.attempt + 1, sim_makespan=sim, energy=energy,
-                    exit_depth=req.exit_depth, flops=flops, version=req.version))
-
-    def _request_sim(self, metas: Mapping[int, Any], route: "_Route | None" = None
-                     ) -> tuple[float | None, float | None]:
-        route = route or self._routes[self.version]
-        if route.dag is None or not metas or not all(m.simulated for m in metas.values()):
-            return None, None
-        dur = {pid: m.duration for pid, m in metas.items()}
-        dag = route.dag
-        if len(metas) < len(route.stages):  # left at an exit: the partitions that ran (and sources)
-            dag = dag.subgraph([n for n in dag if n in metas or dag.in_degree(n) == 0])
-        mk = dag_makespan(dag, dur, route.transfer)
-        busy: dict[str, float] = {}
-        for m in metas.values():
-            busy[m.device] = busy.get(m.device, 0.0) + m.duration
-        return mk, request_energy(busy, mk, self.power)
-
-    # ------------------------------------------------------------ plan versions
-    def add_version(self, version: int, stages: Sequence[Stage], *, dag=None,
-                    transfer: Callable[[Hashable, Hashable], float] | None = None,
-                    call_wall: Mapping[int, float | None] | None = None) -> None:
-        """Register the partition calls of plan ``version``, already loaded on the actors
-        under partition ids no other live version uses. Requests keep going to the
-        current version until :meth:`switch`. ``call_wall`` as in the constructor."""
-        stages = tuple(stages)
-        with self._lock:
-            self._wall.update({pid: float(w) for pid, w in (call_wall or {}).items()
-                               if w is not None})
-            if version in self._routes:
-                raise PlanSwitchError(f"plan version {version} is already registered")
-            self._routes[version] = _Route(stages, {s.pid: s for s in stages}, _uses(stages),
-                                           dag, transfer)
-
-    def switch(self, version: int) -> None:
-        """Make ``version`` current: requests admitted from now on, and retries, run on it;
-        requests in flight finish on the version they were admitted to."""
-        with self._lock:
-            route = self._routes[version]
-            self.version = version
-            self.stages, self._stage_of, self._uses = route.stages, route.stage_of, route.uses
-            self.dag, self.transfer = route.dag, route.transfer
-            if self.ledger is not None:
-                self.ledger.publish(version)
-
-    def retire_version(self, version: int) -> tuple[Stage, ...]:
-        """Mark a drained, non-current version retired; returns its stages (to unload)."""
-        with self._lock:
-            if version == self.version:
-                raise PlanSwitchError(f"plan version {version} is current; switch before retiring it")
-            busy = sum(1 for r in self._requests.values() if r.version == version)
-            if busy:
-                raise PlanSwitchError(f"plan version {version} still has {busy} request(s) in flight")
-            route = self._routes.get(version)
-            if route is None or route.retired:
-                return ()
-            route.retired = True
-            return route.stages
-
-    def versions(self) -> dict[int, int]:
-        """Live (not retired) plan versions -> requests in flight on each."""
-        with self._lock:
-            out = {v: 0 for v, r in self._routes.items() if not r.retired}
-            for r in self._requests.values():
-                out[r.version] = out.get(r.version, 0) + 1
-            return out
-
-    def _repin(self, req: _Request) -> None:
-        """Move a request being retried to the current version (caller holds the lock)."""
-        req.version = self.ledger.repin(req.rid) if self.ledger is not None else self.version
-
-    def reroute(self, devices: Sequence[str]) -> int:
-        """Restart, on the current version, every request whose attempt has a call on one
-        of ``devices`` (e.g. a device that stopped answering): a new attempt of the whole
-        request; the old attempt's late results are ignored. Returns how many."""
-        bad = set(devices)
-        moved = 0
-        with self._lock:
-            pending = {id(r) for r in self._pending}
-            again = []
-            for req in list(self._requests.values()):
-                route = self._routes.get(req.version)
-                if req.state != "running" or route is None or \
-                        not any(s.device in bad for s in route.stages):
-                    continue
-                if req.group is not None:  # issued: abandon its group (all of it is affected)
-                    g = req.group
-                    self._retire_group(g)
-                    req.group = None
-                if id(req) not in pending:  # issued, or waiting for a retry: a new attempt
-                    req.attempt += 1
-                    moved += 1
-                self._repin(req)
-                again.append(req)
-            self._issue(again)  # the issuer and the retrier skip these from now on
-        for _ in range(moved):
-            self.recorder.add_retry()
-        return moved
 
     # ----------------------------------------------------------------- control
     @property

@@ -152,7 +152,7 @@ class Runtime:
         self._owns_ray = False
         self._dispatcher: Dispatcher | None = None
         self._adaptive = None  # scheduler.adaptive.AdaptiveLoop when adaptive
-        self._generation = None  # scheduler.generation.GenerationService for a decoder
+        self._generation = None  # scheduler.generation_service.GenerationService for a decoder
         if adaptive is not False and adaptive is not None:
             from .adaptive import AdaptiveConfig
 
@@ -277,7 +277,7 @@ class Runtime:
             if self._adaptive:
                 self._adaptive.attach(self._dispatcher)
             if gen_plan is not None:
-                from .generation import GenerationService
+                from .generation_service import GenerationService
 
                 self._generation = GenerationService(
                     model, *gen_plan, self._actors, power=power, max_retries=max_retries,
@@ -302,7 +302,7 @@ class Runtime:
                     f"generation=... needs a graphs.models.Decoder model served without a gate and "
                     f"not timing_only; got a {type(model).__name__}")
             return None
-        from .generation import GenerationConfig, plan_generation
+        from .generation_service import GenerationConfig, plan_generation
 
         cfg = GenerationConfig.coerce(generation)
         plan, graph, stages, shards = plan_generation(model, self.cluster, self.cost_model, self.policy, cfg)
