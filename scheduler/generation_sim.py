@@ -45,6 +45,7 @@ class GenerationSimResult:
     """What a replay of generation predicts (seconds, joules)."""
 
     tokens: int  # tokens generated over all sequences
+    sequences: int  # sequences generated (each one's first token comes from its prefill)
     prefill_time: float  # seconds from start until every prefill is done
     decode_time: float  # seconds of the decode phase (after the prefills)
     decode_steps: int  # decode walks of the chain per micro-batch lane, summed over lanes
@@ -60,17 +61,13 @@ class GenerationSimResult:
     @property
     def decode_tokens_per_s(self) -> float:
         """Decode-phase tokens (all but each sequence's first) per second."""
-        n = self.tokens - self._sequences
+        n = self.tokens - self.sequences
         return n / self.decode_time if self.decode_time > 0 else float("nan")
 
     @property
     def tokens_per_joule(self) -> float | None:
         """Generated tokens per joule of the whole run."""
         return None if not self.energy else self.tokens / self.energy
-
-    @property
-    def _sequences(self) -> int:
-        return sum(1 for c in self.calls if c[0] == "prefill" and c[2] == 0)
 
 
 def simulate_generation(config: Any, stages: Sequence[tuple[str, int, int]], cost_model: Any, *,
@@ -127,7 +124,7 @@ def simulate_generation(config: Any, stages: Sequence[tuple[str, int, int]], cos
     powers = {d: cost_model.power(d) for d in busy}
     if all(powers.values()):
         energy = sum(powers[d][0] * b + powers[d][1] * max(end - b, 0.0) for d, b in busy.items())
-    return GenerationSimResult(tokens=batch * new_tokens, prefill_time=prefill_end,
+    return GenerationSimResult(tokens=batch * new_tokens, sequences=batch, prefill_time=prefill_end,
                                decode_time=end - prefill_end, decode_steps=steps, busy=busy,
                                energy=energy, calls=tuple(calls))
 
