@@ -39,7 +39,18 @@ def device_index(device: str, head: str) -> int:
 
 class AcceleratorExecutor(Executor):
     """Base of executors on a torch accelerator: subclasses set ``torch_device`` and may
-    override :meth:`_synchronize`."""
+    override :meth:`_synchronize`.
+
+    Example:
+        >>> import torch, torch.fx
+        >>> from graphs.partition import Partition
+        >>> class OnCPU(AcceleratorExecutor):  # a stand-in accelerator: torch's CPU device
+        ...     kind, torch_device = "cpu", torch.device("cpu")
+        >>> ex = OnCPU("cpu")
+        >>> ex.load(Partition(0, "cpu", torch.fx.symbolic_trace(lambda x: (x * 3,)), ("x",), ("mul",)))
+        >>> ex.run(0, torch.ones(2)).outputs
+        (tensor([3., 3.]),)
+    """
 
     torch_device: torch.device
 

@@ -213,6 +213,19 @@ class Executor(ABC):
     Attributes:
         device: the device name this executor reports (``"cpu"``, ``"cuda:0"``, ``"sim:x"``).
         kind: ``"cpu"``, ``"cuda"``, ``"npu"`` or ``"sim"``.
+
+    Example:
+        >>> import torch, torch.fx
+        >>> from executors.cpu import CPUExecutor
+        >>> from graphs.partition import Partition
+        >>> ex = CPUExecutor()
+        >>> ex.load(Partition(7, "cpu", torch.fx.symbolic_trace(lambda x: (x - 1,)), ("x",), ("sub",)))
+        >>> ex.loaded(), ex.run(7, torch.ones(1)).outputs
+        ((7,), (tensor([0.]),))
+        >>> ex.health()["runs"]
+        1
+        >>> ex.unload(7); ex.loaded()
+        ()
     """
 
     kind: ClassVar[str] = ""

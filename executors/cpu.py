@@ -30,6 +30,15 @@ class CPUExecutor(Executor):
 
     ``threads`` sets ``torch.set_num_threads`` for the process (None leaves it alone); the
     Ray actor sets it to 1 so that several actors share a small machine fairly.
+
+    Example:
+        >>> import torch, torch.fx
+        >>> from graphs.partition import Partition
+        >>> ex = CPUExecutor("cpu:1")
+        >>> ex.load(Partition(0, "cpu:1", torch.fx.symbolic_trace(lambda x: (x.sum(),)), ("x",), ("sum_1",)))
+        >>> r = ex.run(0, torch.arange(4.0))
+        >>> r.outputs, r.device, r.simulated
+        ((tensor(6.),), 'cpu:1', False)
     """
 
     kind = "cpu"

@@ -38,6 +38,16 @@ class CUDAExecutor(AcceleratorExecutor):
 
     Raises:
         executors.errors.DeviceUnavailableError: no CUDA, or no GPU with that index.
+
+    Example:
+        >>> import torch
+        >>> from executors.errors import DeviceUnavailableError
+        >>> try:
+        ...     ex = CUDAExecutor("cuda")
+        ... except DeviceUnavailableError:  # no GPU here: use "cpu" or "sim:<profile>"
+        ...     ex = None
+        >>> ex is None or (ex.device, ex.torch_device.type) == ("cuda:0", "cuda")
+        True
     """
 
     kind = "cuda"

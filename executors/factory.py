@@ -59,6 +59,15 @@ def create(device_name: str, *, cost_model: Any = None, **kw: Any) -> Executor:
         graphs.errors.UnknownNameError: not a known device form or profile.
         executors.errors.DeviceUnavailableError: cuda/npu hardware or backend is missing
             (the message says what to install).
+
+    Example:
+        >>> ex = create("sim:atlas-200i-a2", timing_only=True)
+        >>> ex.device, ex.kind, ex.spec.kind, ex.timing_only
+        ('sim:atlas-200i-a2', 'sim', 'npu', True)
+        >>> create("cpu", pace=2.0)
+        Traceback (most recent call last):
+        ...
+        executors.errors.ExecutorError: cpu: unknown option(s) pace; valid: threads
     """
     if not isinstance(device_name, str):
         raise UnknownNameError("device", device_name, _choices())
@@ -102,7 +111,13 @@ def _no_kw(device: str, kw: dict, valid: tuple[str, ...]) -> None:
 
 
 def detect() -> list[str]:
-    """Real devices present: always ``"cpu"``, then ``cuda:N`` and ``npu:N`` for each found."""
+    """Real devices present: always ``"cpu"``, then ``cuda:N`` and ``npu:N`` for each found.
+
+    Example:
+        >>> found = detect()
+        >>> found[0], all(d.split(":")[0] in ("cpu", "cuda", "npu") for d in found)
+        ('cpu', True)
+    """
     out = ["cpu"]
     try:
         if torch.cuda.is_available():

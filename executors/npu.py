@@ -38,7 +38,13 @@ def _torch_npu() -> Any:
 
 
 def npu_available() -> bool:
-    """True when torch-npu imports and reports at least one NPU; never raises."""
+    """True when torch-npu imports and reports at least one NPU; never raises.
+
+    Example:
+        >>> from executors.factory import detect
+        >>> npu_available() == any(d.startswith("npu:") for d in detect())
+        True
+    """
     try:
         if _torch_npu() is None:
             return False
@@ -48,7 +54,13 @@ def npu_available() -> bool:
 
 
 def npu_count() -> int:
-    """Number of NPUs torch-npu sees (0 when unavailable); never raises."""
+    """Number of NPUs torch-npu sees (0 when unavailable); never raises.
+
+    Example:
+        >>> from executors.factory import detect
+        >>> npu_count() == sum(d.startswith("npu:") for d in detect())
+        True
+    """
     try:
         return int(torch.npu.device_count()) if npu_available() else 0  # type: ignore[attr-defined]
     except BaseException:
@@ -73,6 +85,15 @@ class NPUExecutor(AcceleratorExecutor):
 
     Raises:
         executors.errors.DeviceUnavailableError: torch-npu is missing or sees no such NPU.
+
+    Example:
+        >>> from executors.errors import DeviceUnavailableError
+        >>> try:
+        ...     ex = NPUExecutor("npu")
+        ... except DeviceUnavailableError:  # no Ascend NPU here: use "cpu" or "sim:<profile>"
+        ...     ex = None
+        >>> ex is None or (ex.device, ex.kind) == ("npu:0", "npu")
+        True
     """
 
     kind = "npu"

@@ -26,7 +26,15 @@ _frozen_in: set[int] = set()
 
 
 def freeze_gc_once() -> None:
-    """``gc.collect()`` then ``gc.freeze()``, once per process (see the module docstring)."""
+    """``gc.collect()`` then ``gc.freeze()``, once per process (see the module docstring).
+
+    Example:
+        >>> import gc
+        >>> freeze_gc_once()
+        >>> frozen = gc.get_freeze_count()
+        >>> freeze_gc_once(); gc.get_freeze_count() == frozen  # nothing more is frozen
+        True
+    """
     pid = os.getpid()
     if pid in _frozen_in:
         return

@@ -117,6 +117,12 @@ def actor_options(device_name: str, *, num_cpus: float = 0,
 
     ``cluster_resources`` defaults to ``ray.cluster_resources()`` when Ray is initialised;
     it decides whether a simulated device's custom resource is requested.
+
+    Example:
+        >>> actor_options("cuda:0"), actor_options("cpu:1", num_cpus=1)
+        ({'num_cpus': 0, 'num_gpus': 1}, {'num_cpus': 1})
+        >>> actor_options("sim:jetson-orin-nx", cluster_resources={"sim_jetson-orin-nx": 1.0})
+        {'num_cpus': 0, 'resources': {'sim_jetson-orin-nx': 0.01}}
     """
     opts: dict[str, Any] = {"num_cpus": num_cpus}
     head, _, _ = device_name.partition(":")

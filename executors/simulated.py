@@ -145,6 +145,18 @@ class SimulatedExecutor(Executor):
         timing_only: run on meta tensors; results have ``computed=False``.
         graph: the OpGraph the partitions' ``nodes`` belong to (optional; see above).
         threads: ``torch.set_num_threads`` for the process (None leaves it alone).
+
+    Example:
+        >>> import torch, torch.fx
+        >>> from graphs.partition import Partition
+        >>> spec = DeviceSpec("sim:npu", "npu", {"float32": 1e12}, 1e11, 8e9)
+        >>> ex = SimulatedExecutor(spec, timing_only=True)  # shapes only, nothing computed
+        >>> gm = torch.fx.symbolic_trace(lambda x: (x @ x,))
+        >>> ex.load(Partition(0, "sim:npu", gm, ("x",), ("matmul",)), predicted=0.002)
+        >>> ex.set_slowdown(3.0)  # a throttled device: three times the predicted time
+        >>> r = ex.run(0, torch.ones(512, 512))
+        >>> round(r.duration, 6), r.computed, r.outputs[0].shape, r.outputs[0].device
+        (0.006, False, torch.Size([512, 512]), device(type='meta'))
     """
 
     kind = "sim"

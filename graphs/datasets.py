@@ -43,7 +43,14 @@ _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(
 
 
 class DatasetError(HetschedError, ValueError):
-    """A data file is missing or malformed, or a split request is invalid."""
+    """A data file is missing or malformed, or a split request is invalid.
+
+    Example:
+        >>> load_fashion_mnist("test", root="/nonexistent")
+        Traceback (most recent call last):
+        ...
+        graphs.datasets.DatasetError: Fashion-MNIST test files not found under '/nonexistent'; install ...
+    """
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -153,7 +160,16 @@ def train_val_split(n: int = 60000, n_val: int = 5000, seed: int = 0
 
 @dataclass(frozen=True)
 class FashionMNIST:
-    """One split as normalised float images ``x`` (N, 1, 28, 28) and int64 labels ``y`` (N,)."""
+    """One split as normalised float images ``x`` (N, 1, 28, 28) and int64 labels ``y`` (N,).
+
+    :func:`fashion_mnist_splits` builds them from the real files.
+
+    Example:
+        >>> import torch
+        >>> ds = FashionMNIST(torch.zeros(8, 1, 28, 28), torch.arange(8) % 10)
+        >>> len(ds), len(ds.subset(3)), ds.subset(3).y.tolist(), CLASSES[ds.y[2]]
+        (8, 3, [0, 1, 2], 'Pullover')
+    """
 
     x: torch.Tensor  # (N, 1, 28, 28) float32, (pixel / 255 - MEAN) / STD
     y: torch.Tensor  # (N,) int64 class index in 0..9

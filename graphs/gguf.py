@@ -78,7 +78,14 @@ _TOP_MAP = {"token_embd": "embed_tokens", "output_norm": "norm", "output": "lm_h
 
 
 class GGUFError(GraphError):
-    """A GGUF file is missing, malformed or of an unsupported kind; the message names it."""
+    """A GGUF file is missing, malformed or of an unsupported kind; the message names it.
+
+    Example:
+        >>> read_config("/nonexistent/model.gguf")
+        Traceback (most recent call last):
+        ...
+        graphs.gguf.GGUFError: no GGUF file at '/nonexistent/model.gguf'
+    """
 
 
 # ----------------------------------------------------------------------- locating files

@@ -214,7 +214,17 @@ def from_json(text: str | bytes) -> OpGraph:
 
 
 def save(g: nx.DiGraph, path: str | os.PathLike) -> None:
-    """Write ``g`` to ``path`` as JSON (see :func:`to_json`)."""
+    """Write ``g`` to ``path`` as JSON (see :func:`to_json`).
+
+    Example:
+        >>> import json, os, tempfile
+        >>> g = OpGraph(name="pair"); g.add_edge("a", "b", bytes=64)
+        >>> path = os.path.join(tempfile.mkdtemp(), "pair.json")
+        >>> save(g, path)
+        >>> doc = json.load(open(path))
+        >>> doc["format"], doc["graph"]["name"], doc["edges"][0]["attrs"]
+        ('hetsched.opgraph', 'pair', {'bytes': 64})
+    """
     text = to_json(g, indent=1)
     with open(path, "w") as f:
         f.write(text)

@@ -64,7 +64,13 @@ DEVICELESS_KINDS = ("input", "output", "param")
 # --------------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class ValueRef:
-    """A named value (an fx node's result) inside an :class:`OutputSpec` structure."""
+    """A named value (an fx node's result) inside an :class:`OutputSpec` structure.
+
+    Example:
+        >>> spec = OutputSpec({"logits": ValueRef("fc"), "hidden": [ValueRef("h0"), ValueRef("h1")]})
+        >>> spec.names, spec.build({"fc": 0.5, "h0": 1, "h1": 2})
+        (('fc', 'h0', 'h1'), {'logits': 0.5, 'hidden': [1, 2]})
+    """
 
     name: str  # fx node name: a model input or some partition's output
 
@@ -129,6 +135,19 @@ class Partition:
     ``module(*args)`` takes the values named by ``inputs`` in that order and returns a tuple
     of the values named by ``outputs`` in that order. The module owns (shares, in-process)
     the parameters it reads, so it can be pickled and shipped to an executor.
+
+    Example:
+        >>> import torch, torch.fx
+        >>> from graphs.capture import capture
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> x = torch.randn(3, 4)
+        >>> g = capture(model, (x,))  # nodes input_1, _0, _1, _2, output
+        >>> first, second = partition(g, {"_0": "cpu", "_1": "cpu", "_2": "sim:npu"}).parts
+        >>> first.device, first.inputs, first.outputs, first.flops > 0
+        ('cpu', ('input_1',), ('_1',), True)
+        >>> h, = first(x)  # runs on its own: Linear and ReLU
+        >>> torch.equal(h, model[1](model[0](x)))
+        True
     """
 
     id: int  # position in PartitionedModel.parts (a topological order)
@@ -164,6 +183,18 @@ class PartitionedModel:
     ``parts`` are in a topological order (``parts[i].id == i``); ``dag`` has the partition
     ids as nodes and an edge ``i -> j`` with attributes ``values`` (names, tuple) and
     ``bytes`` (int) when ``j`` consumes outputs of ``i``.
+
+    Example:
+        >>> import torch, torch.fx
+        >>> from graphs.capture import capture
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> x = torch.randn(3, 4)
+        >>> g = capture(model, (x,))  # nodes input_1, _0, _1, _2, output
+        >>> pm = partition(g, {"_0": "cpu", "_1": "cpu", "_2": "sim:npu"})
+        >>> len(pm), pm.devices, pm.dag.edges[0, 1]["values"], pm.dag.edges[0, 1]["bytes"]
+        (2, ('cpu', 'sim:npu'), ('_1',), 96)
+        >>> torch.allclose(pm(x), model(x))  # in-process reference run
+        True
     """
 
     parts: tuple[Partition, ...]  # in topological order
@@ -461,6 +492,20 @@ def partition(graph: OpGraph, assignment: Mapping[Hashable, str] | Any) -> Parti
     Raises:
         graphs.errors.GraphError: the graph has no module, a node lacks a device, or the
             assignment names a node the graph does not have.
+
+    Example:
+        >>> import torch, torch.fx
+        >>> from graphs.capture import capture
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> x = torch.randn(3, 4)
+        >>> g = capture(model, (x,))  # nodes input_1, _0, _1, _2, output
+        >>> pm = partition(g, {"_0": "cpu", "_1": "sim:npu", "_2": "cpu"})  # A -> B -> A
+        >>> [(p.id, p.device, p.nodes) for p in pm.parts]
+        [(0, 'cpu', ('_0',)), (1, 'sim:npu', ('_1',)), (2, 'cpu', ('_2',))]
+        >>> partition(g, {"_0": "cpu"})
+        Traceback (most recent call last):
+        ...
+        graphs.errors.GraphError: assignment has no device for node '_1' (kind 'activation'); ...
     """
     if hasattr(assignment, "assignment") and not isinstance(assignment, Mapping):
         assignment = assignment.assignment  # a Plan

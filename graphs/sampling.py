@@ -29,7 +29,14 @@ __all__ = ["SamplingParams", "SamplingError", "sample"]
 
 
 class SamplingError(GraphError, ValueError):
-    """Bad sampling parameters (the message names the value and the valid range)."""
+    """Bad sampling parameters (the message names the value and the valid range).
+
+    Example:
+        >>> SamplingParams(temperature=-1.0)
+        Traceback (most recent call last):
+        ...
+        graphs.sampling.SamplingError: temperature must be a finite number >= 0 (0: greedy), got -1.0
+    """
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,15 @@ def sample(logits: torch.Tensor, params: Sequence[SamplingParams], steps: Sequen
     ``params[i]`` at generation step ``steps[i]`` (0 for the first generated token).
 
     Returns a ``(batch,)`` int64 tensor. See the module docstring for determinism.
+
+    Example:
+        >>> logits = torch.tensor([[1.0, 5.0, 2.0, 4.0], [1.0, 5.0, 2.0, 4.0]])
+        >>> top2 = SamplingParams(temperature=1.0, top_k=2, seed=3)  # draws token 1 or 3 only
+        >>> tokens = [sample(logits, [SamplingParams(), top2], [s, s]).tolist() for s in range(6)]
+        >>> {t[0] for t in tokens}, {t[1] for t in tokens} <= {1, 3}  # greedy row: always 1
+        ({1}, True)
+        >>> tokens == [sample(logits, [SamplingParams(), top2], [s, s]).tolist() for s in range(6)]
+        True
     """
     if logits.dim() != 2 or logits.shape[0] != len(params) or len(params) != len(steps):
         raise SamplingError(f"sample needs logits (batch, vocab) with one params and one step per "

@@ -284,13 +284,25 @@ def edge_times(graph: nx.DiGraph, bandwidth: float = 1.0, *, attr: str = "data")
 
 
 def mean_cost(graph: nx.DiGraph, attr: str = "cost") -> float:
-    """Mean node ``attr`` (0 for an empty graph)."""
+    """Mean node ``attr`` (0 for an empty graph).
+
+    Example:
+        >>> g = nx.DiGraph(); g.add_nodes_from([(0, {"cost": 2.0}), (1, {"cost": 4.0})])
+        >>> mean_cost(g), mean_cost(nx.DiGraph())
+        (3.0, 0.0)
+    """
     vals = [float(a[attr]) for _, a in graph.nodes(data=True)]
     return sum(vals) / len(vals) if vals else 0.0
 
 
 def mean_data(graph: nx.DiGraph, attr: str = "data") -> float:
-    """Mean edge ``attr`` (0 for a graph without edges)."""
+    """Mean edge ``attr`` (0 for a graph without edges).
+
+    Example:
+        >>> g = fork_join(4, ccr=0.5, mean_cost=8.0, spread=0)  # data scaled to the CCR
+        >>> mean_data(g), mean_cost(g), mean_data(nx.DiGraph())
+        (4.0, 8.0, 0.0)
+    """
     vals = [float(a[attr]) for _, _, a in graph.edges(data=True)]
     return sum(vals) / len(vals) if vals else 0.0
 

@@ -37,7 +37,14 @@ _DIGIT_PRE = {"smollm"}
 
 
 class TokenizerError(GraphError):
-    """A tokenizer cannot be built (missing or unsupported GGUF metadata) or used."""
+    """A tokenizer cannot be built (missing or unsupported GGUF metadata) or used.
+
+    Example:
+        >>> Tokenizer.from_metadata(["a", "b", "ab"], ["ab"])
+        Traceback (most recent call last):
+        ...
+        graphs.tokenizer.TokenizerError: malformed BPE merge 'ab'; expected two tokens separated by one space
+    """
 
 
 class Tokenizer:

@@ -56,6 +56,18 @@ class Auto(Policy):
     ``exact_max_nodes`` (default 30), ``exact_share`` (fraction of the budget left after
     the classics given to the MILP, default 0.5), ``seed`` (for the search), ``max_evals``
     (cap on the search's evaluations, for deterministic runs). See the module docstring.
+
+    Example:
+        >>> import networkx as nx
+        >>> from executors.devices import Cluster
+        >>> from policies.abstract import TableCostModel
+        >>> g = nx.DiGraph([("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
+        >>> t = {"a": {"x": 2, "y": 4}, "b": {"x": 4, "y": 2}, "c": {"x": 3, "y": 5}, "d": {"x": 3, "y": 1}}
+        >>> cm = TableCostModel(t, {("a", "b"): 3, ("a", "c"): 0, ("b", "d"): 1, ("c", "d"): 3})
+        >>> c = Cluster.from_names(["x", "y"])
+        >>> p = Auto(time_budget=1.0, classics=("heft", "met"), max_evals=300).place(g, c, cm)
+        >>> p.makespan, p.info["members"]["heft"]["value"], p.info["members"]["exact"]["status"]
+        (8.0, 9.0, 'optimal')
     """
 
     name = "auto"

@@ -42,7 +42,25 @@ COMMON_OPTIONS: dict[str, Any] = {
 
 
 class Policy(ABC):
-    """Base class of placement policies (see module docstring)."""
+    """Base class of placement policies (see module docstring).
+
+    Example:
+        >>> import networkx as nx
+        >>> from executors.devices import Cluster
+        >>> from policies.abstract import TableCostModel
+        >>> from policies.schedule import list_schedule
+        >>> class Last(Policy):  # a policy needs a name, a description and _place
+        ...     name, description = "last", "every node on the cluster's last device"
+        ...     def _place(self, graph, cluster, cost_model):
+        ...         order = list(nx.topological_sort(graph))
+        ...         return list_schedule(graph, cluster, cost_model, order,
+        ...                              assignment={n: cluster.names[-1] for n in order})
+        >>> g = nx.DiGraph([("a", "b")])
+        >>> cm = TableCostModel({"a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 3}}, {("a", "b"): 1})
+        >>> plan = Last().place(g, Cluster.from_names(["x", "y"]), cm)
+        >>> plan.policy, dict(plan.assignment), plan.makespan
+        ('last', {'a': 'y', 'b': 'y'}, 5.0)
+    """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -109,7 +127,22 @@ def _jsonable(v: Any) -> bool:
 
 
 def register(cls: type[Policy]) -> type[Policy]:
-    """Class decorator: add a policy to the registry under ``cls.name``."""
+    """Class decorator: add a policy to the registry under ``cls.name``.
+
+    Raises:
+        TypeError: the class has no name or description, or another class holds its name.
+
+    Example:
+        >>> from policies.heft import HEFT
+        >>> register(HEFT) is HEFT  # registering a class again changes nothing
+        True
+        >>> class MyHEFT(HEFT):
+        ...     name, description = "heft", "a second class claiming the name heft"
+        >>> register(MyHEFT)
+        Traceback (most recent call last):
+        ...
+        TypeError: policy name 'heft' is already registered by HEFT
+    """
     if not cls.name or not cls.description:
         raise TypeError(f"{cls.__name__} needs a name and a one-line description to be registered")
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
@@ -119,7 +152,15 @@ def register(cls: type[Policy]) -> type[Policy]:
 
 
 def available() -> dict[str, str]:
-    """Registered policy names with their one-line descriptions, sorted by name."""
+    """Registered policy names with their one-line descriptions, sorted by name.
+
+    Example:
+        >>> names = available()
+        >>> names["met"]
+        'MET: each node on its fastest device, ignoring load and transfers (Braun et al. 2001)'
+        >>> list(names) == sorted(names)
+        True
+    """
     _load_builtin()
     return {n: _REGISTRY[n].description for n in sorted(_REGISTRY)}
 
@@ -130,6 +171,15 @@ def get(name: str, **options: Any) -> Policy:
     Raises:
         graphs.errors.UnknownNameError: ``name`` is not registered (the message lists them).
         policies.errors.PolicyError: an option is unknown (the message lists the valid ones).
+
+    Example:
+        >>> p = get("heft", insertion=False)
+        >>> p.name, p.options["insertion"], p.options["objective"]
+        ('heft', False, 'latency')
+        >>> get("heft", depth=3)
+        Traceback (most recent call last):
+        ...
+        policies.errors.PolicyError: unknown option(s) 'depth' for policy 'heft'; valid options: ...
     """
     _load_builtin()
     if name not in _REGISTRY:

@@ -48,7 +48,22 @@ def _topo_names(ctx: ScheduleContext) -> list:
 
 @register
 class Single(Policy):
-    """Every node on one device (``device`` option; default: least total time)."""
+    """Every node on one device (``device`` option; default: least total time).
+
+    Example:
+        >>> import networkx as nx
+        >>> from executors.devices import Cluster
+        >>> from policies.abstract import TableCostModel
+        >>> g = nx.DiGraph([("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
+        >>> t = {"a": {"x": 1, "y": 2}, "b": {"x": 4, "y": 2}, "c": {"x": 3, "y": 3}, "d": {"x": 1, "y": 2}}
+        >>> cm = TableCostModel(t, {e: 1 for e in g.edges})
+        >>> c = Cluster.from_names(["x", "y"])
+        >>> p = Single().place(g, c, cm)  # x runs all four in 9, y in 9: the first wins
+        >>> p.devices_used, p.makespan
+        (('x',), 9.0)
+        >>> Single(device="y").place(g, c, cm).nodes_on("y")
+        ('a', 'b', 'c', 'd')
+    """
 
     name = "single"
     description = "every node on one device (option device; default the one with least total time)"
@@ -73,7 +88,20 @@ class Single(Policy):
 
 @register
 class RoundRobin(Policy):
-    """The k-th node of a topological order on device ``k mod m``."""
+    """The k-th node of a topological order on device ``k mod m``.
+
+    Example:
+        >>> import networkx as nx
+        >>> from executors.devices import Cluster
+        >>> from policies.abstract import TableCostModel
+        >>> g = nx.DiGraph([("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
+        >>> t = {"a": {"x": 1, "y": 2}, "b": {"x": 4, "y": 2}, "c": {"x": 3, "y": 3}, "d": {"x": 1, "y": 2}}
+        >>> cm = TableCostModel(t, {e: 1 for e in g.edges})
+        >>> c = Cluster.from_names(["x", "y"])
+        >>> p = RoundRobin().place(g, c, cm)
+        >>> dict(p.assignment), p.makespan
+        ({'a': 'x', 'b': 'y', 'c': 'x', 'd': 'y'}, 7.0)
+    """
 
     name = "round-robin"
     description = "k-th node in topological order on device k mod m (no cost model used)"
@@ -89,7 +117,20 @@ class RoundRobin(Policy):
 
 @register
 class MET(Policy):
-    """Minimum Execution Time: each node on its fastest feasible device (Braun et al. 2001)."""
+    """Minimum Execution Time: each node on its fastest feasible device (Braun et al. 2001).
+
+    Example:
+        >>> import networkx as nx
+        >>> from executors.devices import Cluster
+        >>> from policies.abstract import TableCostModel
+        >>> g = nx.DiGraph([("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
+        >>> t = {"a": {"x": 1, "y": 2}, "b": {"x": 4, "y": 2}, "c": {"x": 3, "y": 3}, "d": {"x": 1, "y": 2}}
+        >>> cm = TableCostModel(t, {e: 1 for e in g.edges})
+        >>> c = Cluster.from_names(["x", "y"])
+        >>> p = MET().place(g, c, cm)  # b is faster on y; a, d on x; c ties: first device
+        >>> dict(p.assignment), p.makespan
+        ({'a': 'x', 'b': 'y', 'c': 'x', 'd': 'x'}, 6.0)
+    """
 
     name = "met"
     description = "MET: each node on its fastest device, ignoring load and transfers (Braun et al. 2001)"
@@ -108,7 +149,20 @@ class MET(Policy):
 
 @register
 class MCT(Policy):
-    """Minimum Completion Time: topological order, earliest finish device (Braun et al. 2001)."""
+    """Minimum Completion Time: topological order, earliest finish device (Braun et al. 2001).
+
+    Example:
+        >>> import networkx as nx
+        >>> from executors.devices import Cluster
+        >>> from policies.abstract import TableCostModel
+        >>> g = nx.DiGraph([("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
+        >>> t = {"a": {"x": 1, "y": 2}, "b": {"x": 4, "y": 2}, "c": {"x": 3, "y": 3}, "d": {"x": 1, "y": 2}}
+        >>> cm = TableCostModel(t, {e: 1 for e in g.edges})
+        >>> c = Cluster.from_names(["x", "y"])
+        >>> p = MCT().place(g, c, cm)
+        >>> p.nodes_on("x"), p.nodes_on("y"), p.makespan
+        (('a', 'c', 'd'), ('b',), 6.0)
+    """
 
     name = "mct"
     description = "MCT: topological order, each node where it finishes earliest (Braun et al. 2001)"

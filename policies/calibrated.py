@@ -71,7 +71,21 @@ _FREE = frozenset({"input", "output", "param"})
 
 @dataclass(frozen=True)
 class Measurement:
-    """One measured time: a node (``partition=False``) or a group of nodes on a device."""
+    """One measured time: a node (``partition=False``) or a group of nodes on a device.
+
+    The input of :meth:`CalibratedCostModel.fit` (tuples and dicts are converted by
+    :func:`as_measurement`). Not to be confused with :class:`scheduler.stats.CallRecord`,
+    what the runtime recorded for one partition call.
+
+    Example:
+        >>> m = Measurement(("fc1", "relu"), "cpu", 0.002)
+        >>> m.partition, len(m.nodes)
+        (True, 2)
+        >>> Measurement(("fc1",), "cpu", 0.0)
+        Traceback (most recent call last):
+        ...
+        policies.errors.CostModelError: measured seconds must be a finite number > 0, got 0.0 ...
+    """
 
     nodes: tuple  # node keys of the graph the model was fitted on
     device: str  # device name
@@ -149,6 +163,18 @@ class CalibratedCostModel(CostModel):
             as StarPU's non-linear regression model ``a * size ** b + c``); False: b = 1 (linear).
         alpha: weight of the newest ratio in :meth:`update` (0 < alpha <= 1).
         prior: weight of the ridge prior pulling factors and exponents toward 1 in :meth:`fit`.
+
+    Example:
+        >>> import networkx as nx
+        >>> from policies.abstract import RelatedMachines
+        >>> g = nx.DiGraph([("a", "b")])
+        >>> nx.set_node_attributes(g, {"a": 1.0, "b": 2.0}, "cost"); nx.set_node_attributes(g, "matmul", "kind")
+        >>> m = CalibratedCostModel(RelatedMachines({"cpu": 1.0}), exponents=False)
+        >>> _ = m.fit(g, [("a", "cpu", 2.0), ("b", "cpu", 4.0), (("a", "b"), "cpu", 6.5)])
+        >>> round(m.factor("cpu", "matmul"), 3), round(m.partition_overhead["cpu"], 3)
+        (2.0, 0.5)
+        >>> round(m.predict(("a", "b"), "cpu"), 3)  # 2 * (1 + 2) seconds plus 0.5 per partition call
+        6.5
     """
 
     def __init__(self, base: CostModel, graph: nx.DiGraph | None = None, *, per_kind: bool = True,

@@ -30,6 +30,20 @@ class CostModel(ABC):
     Subclasses implement :meth:`node_time` and :meth:`edge_time`; everything else has a
     default built on those two. Times are in seconds (or the abstract unit of a task
     graph's ``cost`` attribute: the model does not care, as long as it is consistent).
+
+    Example:
+        >>> class PerFlop(CostModel):  # seconds = flops / speed; 1 ms between devices
+        ...     devices = ("slow", "fast")
+        ...     speed = {"slow": 1e9, "fast": 4e9}
+        ...     def node_time(self, graph, node, device):
+        ...         return graph.nodes[node]["flops"] / self.speed[device]
+        ...     def edge_time(self, graph, u, v, src, dst):
+        ...         return 0.0 if src == dst else 1e-3
+        >>> g = nx.DiGraph([("a", "b")]); nx.set_node_attributes(g, 4e6, "flops")
+        >>> PerFlop().time_matrix(g).tolist()
+        [[0.004, 0.001], [0.004, 0.001]]
+        >>> PerFlop().edge_time_matrix(g)[0].tolist()
+        [[0.0, 0.001], [0.001, 0.0]]
     """
 
     #: Device names this model can price, in the order used by :meth:`time_matrix`.
@@ -135,6 +149,18 @@ def plan_energy(cost_model: CostModel, plan: "Plan", busy: dict[str, float] | No
     """Energy of ``plan`` under ``cost_model``'s powers (see :meth:`CostModel.energy`).
 
     ``busy`` (device -> busy seconds) defaults to the sum of predicted node durations.
+
+    Example:
+        >>> from policies.abstract import TableCostModel
+        >>> from policies.plan import Plan
+        >>> p = Plan({"a": "x", "b": "y"}, {"x": ("a",), "y": ("b",)}, {"a": 0.0, "b": 1.0},
+        ...          {"a": 1.0, "b": 3.0}, 3.0)
+        >>> watts = {"x": (10.0, 1.0), "y": (5.0, 2.0)}  # (active, idle)
+        >>> cm = TableCostModel({"a": {"x": 1.0}, "b": {"y": 2.0}}, {}, power=watts)
+        >>> plan_energy(cm, p)  # x: 10 W * 1 s + 1 W * 2 s; y: 5 W * 2 s + 2 W * 1 s
+        24.0
+        >>> plan_energy(TableCostModel({"a": {"x": 1.0}, "b": {"y": 2.0}}, {}), p) is None  # no powers
+        True
     """
     if busy is None:
         busy = {}
@@ -152,7 +178,15 @@ def plan_energy(cost_model: CostModel, plan: "Plan", busy: dict[str, float] | No
 
 
 def check_dag(graph: nx.DiGraph) -> None:
-    """Raise :class:`graphs.errors.CyclicGraphError` naming a cycle if ``graph`` has one."""
+    """Raise :class:`graphs.errors.CyclicGraphError` naming a cycle if ``graph`` has one.
+
+    Example:
+        >>> check_dag(nx.DiGraph([("a", "b")]))  # a DAG: returns None
+        >>> check_dag(nx.DiGraph([("a", "b"), ("b", "c"), ("c", "a")]))
+        Traceback (most recent call last):
+        ...
+        graphs.errors.CyclicGraphError: graph has a cycle: a -> b -> c -> a
+    """
     from graphs.errors import CyclicGraphError
 
     if not nx.is_directed_acyclic_graph(graph):

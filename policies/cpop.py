@@ -41,7 +41,20 @@ __all__ = ["CPOP", "critical_path"]
 
 def critical_path(ctx: ScheduleContext, priority: np.ndarray, rel_tol: float = 1e-9) -> list[int]:
     """Node indices of the critical path by ``priority = rank_u + rank_d`` (Topcuoglu et
-    al. 2002, fig. 5 lines 5-13); ties broken by ``ctx.topo`` position."""
+    al. 2002, fig. 5 lines 5-13); ties broken by ``ctx.topo`` position.
+
+    Example:
+        >>> import networkx as nx
+        >>> from executors.devices import Cluster
+        >>> from policies.abstract import TableCostModel
+        >>> g = nx.DiGraph([("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
+        >>> t = {"a": {"x": 1, "y": 2}, "b": {"x": 4, "y": 2}, "c": {"x": 3, "y": 3}, "d": {"x": 1, "y": 2}}
+        >>> cm = TableCostModel(t, {e: 1 for e in g.edges})
+        >>> ctx = ScheduleContext(g, Cluster.from_names(["x", "y"]), cm)
+        >>> prio = upward_rank(ctx) + downward_rank(ctx)  # 8 for every node: all lie on a longest path
+        >>> [ctx.nodes[i] for i in critical_path(ctx, prio)]
+        ['a', 'b', 'd']
+    """
     if not len(ctx.nodes):
         return []
     pr = priority.tolist()
@@ -66,7 +79,20 @@ def critical_path(ctx: ScheduleContext, priority: np.ndarray, rel_tol: float = 1
 class CPOP(Policy):
     """Critical-Path-on-a-Processor (Topcuoglu, Hariri, Wu, IEEE TPDS 2002).
 
-    Option: ``insertion`` (default True).
+    Option: ``insertion`` (default True). ``plan.info`` records the ``critical_path`` and
+    the ``cp_device`` it was placed on.
+
+    Example:
+        >>> import networkx as nx
+        >>> from executors.devices import Cluster
+        >>> from policies.abstract import TableCostModel
+        >>> g = nx.DiGraph([("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
+        >>> t = {"a": {"x": 1, "y": 2}, "b": {"x": 4, "y": 2}, "c": {"x": 3, "y": 3}, "d": {"x": 1, "y": 2}}
+        >>> cm = TableCostModel(t, {e: 1 for e in g.edges})
+        >>> c = Cluster.from_names(["x", "y"])
+        >>> p = CPOP().place(g, c, cm)
+        >>> p.info["critical_path"], p.info["cp_device"], p.makespan
+        (['a', 'b', 'd'], 'x', 7.0)
     """
 
     name = "cpop"

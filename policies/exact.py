@@ -67,6 +67,7 @@ import networkx as nx
 import numpy as np
 
 from executors.devices import Cluster
+from graphs.units import format_bytes
 
 from .base import Policy, register
 from .cost import CostModel
@@ -311,7 +312,7 @@ def check_memory(problem: Problem) -> None:
         >>> check_memory(Problem(g, Cluster.from_specs(d), TableCostModel({"a": {"x": 1}, "b": {"x": 1}}, {})))
         Traceback (most recent call last):
         ...
-        policies.errors.InfeasiblePlacement: the graph needs 4 more bytes of device memory than ...
+        policies.errors.InfeasiblePlacement: the graph needs 4 more bytes ... of device memory than ...
     """
     if not np.isfinite(problem.cap).any():
         return
@@ -324,9 +325,9 @@ def check_memory(problem: Problem) -> None:
     short = max(worst, memory_shortfall(problem))
     if short > 0:
         raise InfeasiblePlacement(
-            f"the graph needs {short:.6g} more bytes of device memory than the cluster "
-            f"({', '.join(f'{d}: {c:.6g}' for d, c in zip(problem.devices, problem.cap))}) "
-            f"can hold in any placement (total resident {problem.mem.sum():.6g} bytes)",
+            f"the graph needs {round(short):,} more bytes ({format_bytes(short)}) of device memory "
+            f"than the cluster ({', '.join(f'{d}: {format_bytes(c)}' for d, c in zip(problem.devices, problem.cap))}) "
+            f"can hold in any placement (total resident {format_bytes(problem.mem.sum(), exact=True)})",
             shortfall=short,
         )
 
@@ -576,7 +577,21 @@ class Exact(Policy):
     ``gap`` (relative, of the returned plan against the bound), ``incumbent`` (the seed's
     name and value) and ``source`` (``"milp"`` or the seed policy when it was kept).
 
-    See the module docstring for the model and an example.
+    See the module docstring for the model.
+
+    Example:
+        >>> import networkx as nx
+        >>> from executors.devices import Cluster
+        >>> from policies.abstract import TableCostModel
+        >>> g = nx.DiGraph([("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
+        >>> t = {"a": {"x": 2, "y": 4}, "b": {"x": 4, "y": 2}, "c": {"x": 3, "y": 5}, "d": {"x": 3, "y": 1}}
+        >>> cm = TableCostModel(t, {("a", "b"): 3, ("a", "c"): 0, ("b", "d"): 1, ("c", "d"): 3})
+        >>> c = Cluster.from_names(["x", "y"])
+        >>> p = Exact(seeds=("heft",), search_share=0).place(g, c, cm)  # HEFT alone makes 9
+        >>> p.makespan, p.info["status"], p.info["source"], p.info["incumbent"]
+        (8.0, 'optimal', 'milp', {'policy': 'heft', 'value': 9.0})
+        >>> dict(p.order)
+        {'x': ('a', 'b'), 'y': ('c', 'd')}
     """
 
     name = "exact"

@@ -101,6 +101,18 @@ def rank_order(ctx: ScheduleContext, rank: np.ndarray) -> list[Hashable]:
 
     The result is a topological order whenever ``rank`` never increases along an edge
     (true of ``rank_u``).
+
+    Example:
+        >>> import networkx as nx
+        >>> from executors.devices import Cluster
+        >>> from policies.abstract import TableCostModel
+        >>> g = nx.DiGraph([("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
+        >>> t = {"a": {"x": 2, "y": 4}, "b": {"x": 4, "y": 2}, "c": {"x": 3, "y": 5}, "d": {"x": 3, "y": 1}}
+        >>> cm = TableCostModel(t, {("a", "b"): 3, ("a", "c"): 0, ("b", "d"): 1, ("c", "d"): 3})
+        >>> c = Cluster.from_names(["x", "y"])
+        >>> ctx = ScheduleContext(g, c, cm)
+        >>> upward_rank(ctx).tolist(), rank_order(ctx, upward_rank(ctx))
+        ([12.0, 6.0, 9.0, 2.0], ['a', 'c', 'b', 'd'])
     """
     pos = [0] * len(ctx.nodes)
     for k, i in enumerate(ctx.topo):
@@ -141,6 +153,18 @@ class HEFT(Policy):
     """Heterogeneous Earliest Finish Time (Topcuoglu, Hariri, Wu, IEEE TPDS 2002).
 
     Options: ``insertion`` (default True), ``energy_slack`` (for ``objective="energy"``).
+
+    Example:
+        >>> import networkx as nx
+        >>> from executors.devices import Cluster
+        >>> from policies.abstract import TableCostModel
+        >>> g = nx.DiGraph([("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
+        >>> t = {"a": {"x": 2, "y": 4}, "b": {"x": 4, "y": 2}, "c": {"x": 3, "y": 5}, "d": {"x": 3, "y": 1}}
+        >>> cm = TableCostModel(t, {("a", "b"): 3, ("a", "c"): 0, ("b", "d"): 1, ("c", "d"): 3})
+        >>> c = Cluster.from_names(["x", "y"])
+        >>> p = HEFT().place(g, c, cm)  # the optimum is 8 (see policies.exact.Exact)
+        >>> dict(p.order), p.makespan
+        ({'x': ('a', 'c'), 'y': ('b', 'd')}, 9.0)
     """
 
     name = "heft"

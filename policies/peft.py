@@ -76,6 +76,18 @@ class PEFT(Policy):
     """Predict Earliest Finish Time (Arabnejad & Barbosa, IEEE TPDS 2014).
 
     Option: ``insertion`` (default True).
+
+    Example:
+        >>> import networkx as nx
+        >>> from executors.devices import Cluster
+        >>> from policies.abstract import TableCostModel
+        >>> g = nx.DiGraph([("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
+        >>> t = {"a": {"x": 2, "y": 4}, "b": {"x": 4, "y": 2}, "c": {"x": 3, "y": 5}, "d": {"x": 3, "y": 1}}
+        >>> cm = TableCostModel(t, {("a", "b"): 3, ("a", "c"): 0, ("b", "d"): 1, ("c", "d"): 3})
+        >>> c = Cluster.from_names(["x", "y"])
+        >>> p = PEFT().place(g, c, cm)
+        >>> dict(p.order), p.makespan
+        ({'x': ('a', 'c'), 'y': ('b', 'd')}, 9.0)
     """
 
     name = "peft"

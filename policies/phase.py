@@ -117,6 +117,16 @@ def place_phase(policy: Any, config: Any, cluster: Any, cost_model: CostModel, p
     ``policy`` is a name from :func:`policies.available` or a Policy. Returns
     ``(plan, graph, cost_model)``: the graph and cost model the plan was made with (for
     ``"mix"``, the decode graph and a :class:`PhaseMix`), to simulate or tabulate it.
+
+    Example:
+        >>> from executors import profiles
+        >>> from graphs.models import get_config
+        >>> from policies.roofline import RooflineCostModel
+        >>> cl = profiles.cluster(["atlas-200i-a2", "edge-cpu-a76"])
+        >>> plan, g, cm = place_phase("heft", get_config("tiny"), cl, RooflineCostModel(cl), "mix",
+        ...                           prompt_len=32, new_tokens=32, max_batch=2)
+        >>> type(cm).__name__, set(plan.assignment) == set(g.nodes), plan.makespan > 0
+        ('PhaseMix', True, True)
     """
     if phase not in PHASES:
         raise UnknownNameError("generation phase", phase, PHASES)

@@ -51,6 +51,7 @@ import networkx as nx
 import numpy as np
 
 from executors.devices import Cluster
+from graphs.units import format_bytes
 
 from .base import Policy, register
 from .cost import CostModel
@@ -152,7 +153,7 @@ def split_chain(times: np.ndarray, comm: np.ndarray | Callable[[int, int, int], 
         if 0 < short < np.inf:
             raise InfeasiblePlacement(
                 f"no split of the {n}-layer chain into at most {kmax} stages on distinct devices "
-                f"fits device memory; the best split overflows by {short:.6g} bytes in total",
+                f"fits device memory; the best split overflows by {format_bytes(short, exact=True)} in total",
                 shortfall=short)
         raise InfeasiblePlacement(f"no split of the {n}-layer chain into at most {kmax} contiguous "
                                   f"stages on distinct devices runs every layer on a device that "

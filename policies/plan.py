@@ -26,7 +26,15 @@ def _ro(m: Mapping | None) -> Mapping:
 
 @dataclass(frozen=True)
 class Plan:
-    """A placement and its predicted schedule."""
+    """A placement and its predicted schedule.
+
+    Example:
+        >>> p = Plan(assignment={"a": "x", "b": "y", "c": "x"}, order={"x": ("a", "c"), "y": ("b",)},
+        ...          start={"a": 0.0, "b": 1.0, "c": 1.0}, finish={"a": 1.0, "b": 3.0, "c": 2.0},
+        ...          makespan=3.0, period=2.0)
+        >>> p.devices_used, p.nodes_on("x"), p.throughput
+        (('x', 'y'), ('a', 'c'), 0.5)
+    """
 
     assignment: Mapping[Hashable, str]  # node -> device name
     order: Mapping[str, tuple]  # device name -> nodes in execution order on it

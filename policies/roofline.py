@@ -88,6 +88,18 @@ class RooflineCostModel(CostModel):
 
     Raises:
         CostModelError: the cluster has abstract devices (no specs).
+
+    Example:
+        >>> from executors.devices import DeviceSpec
+        >>> npu = DeviceSpec("npu", "npu", {"float16": 8e12}, mem_bandwidth=5e10, mem_capacity=8e9)
+        >>> cpu = DeviceSpec("cpu", "cpu", {"float32": 1e11}, mem_bandwidth=2e10, mem_capacity=8e9)
+        >>> m = RooflineCostModel(Cluster.from_specs([npu, cpu]))
+        >>> g = nx.DiGraph()
+        >>> g.add_node("mm", kind="matmul", flops=1e9, bytes_in=4e6, bytes_out=4e6, dtype="float16")
+        >>> m.node_time(g, "mm", "npu"), m.node_time(g, "mm", "cpu")  # memory-, then compute-bound
+        (0.00016, 0.01)
+        >>> m.transfer_time(1e6, "cpu", "npu")  # default link: 20 us + 1 MB / 4 GB/s
+        0.00027
     """
 
     def __init__(self, cluster: Cluster):

@@ -88,6 +88,7 @@ import networkx as nx
 import numpy as np
 
 from executors.devices import Cluster
+from graphs.units import format_bytes
 
 from .cost import CostModel
 from .errors import InfeasiblePlacement, PolicyError
@@ -329,8 +330,9 @@ class ScheduleContext:
                     if strict:
                         raise InfeasiblePlacement(
                             f"node {names[i]!r} does not fit in the memory of device {devices[j]!r}: "
-                            f"short by {short:.6g} bytes (capacity {cap[j]:.6g}, already resident "
-                            f"{resident[j]:.6g}, node needs {mi:.6g}; strict=True)", shortfall=short)
+                            f"short by {format_bytes(short, exact=True)} (capacity "
+                            f"{format_bytes(cap[j])}, already resident {format_bytes(resident[j])}, "
+                            f"node needs {format_bytes(mi)}; strict=True)", shortfall=short)
                     cands = self._feasible(i, resident, respect_memory)
                     fallbacks[names[i]] = devices[j]
                 else:
@@ -515,8 +517,9 @@ class ScheduleContext:
         if not fit:
             short = min(resident[j] + mi - cap[j] for j in able)
             raise InfeasiblePlacement(
-                f"node {self.nodes[i]!r} ({mi:.6g} bytes) fits on no device that can run it: memory is "
-                f"short by at least {short:.6g} bytes (devices {', '.join(self.devices[j] for j in able)})",
+                f"node {self.nodes[i]!r} ({format_bytes(mi, exact=True)}) fits on no device that can "
+                f"run it: memory is short by at least {format_bytes(short, exact=True)} (devices "
+                f"{', '.join(self.devices[j] for j in able)})",
                 shortfall=short)
         return fit
 

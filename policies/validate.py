@@ -59,6 +59,20 @@ def validate(plan: Plan, graph: nx.DiGraph, cluster: Cluster, cost_model: CostMo
 
     Raises:
         InvalidPlan: when ``raise_`` and some check fails; ``.problems`` holds the list.
+
+    Example:
+        >>> from policies.abstract import TableCostModel
+        >>> from policies.heft import HEFT
+        >>> g = nx.DiGraph([("a", "b")])
+        >>> c = Cluster.from_names(["x", "y"])
+        >>> cm = TableCostModel({"a": {"x": 1, "y": 2}, "b": {"x": 2, "y": 1}}, {("a", "b"): 3})
+        >>> validate(HEFT().place(g, c, cm), g, c, cm)  # a valid plan: no problems
+        []
+        >>> fast = Plan({"a": "x", "b": "y"}, {"x": ("a",), "y": ("b",)}, {"a": 0, "b": 1}, {"a": 1, "b": 2}, 2)
+        >>> validate(fast, g, c, cm)  # b cannot start before a's data has moved (3 s)
+        Traceback (most recent call last):
+        ...
+        policies.errors.InvalidPlan: invalid plan: edge 'a'->'b': 'b' starts at 1 before its data is ready at 4 ...
     """
     problems: list[str] = []
     add = problems.append

@@ -23,7 +23,7 @@ from .cluster import DEVICE_FORMS, build_cluster, host_spec  # noqa: E402
 from .dispatch import Dispatcher, Stage  # noqa: E402
 from .runtime import Runtime  # noqa: E402
 from .signature import InputSignature, TensorSpec  # noqa: E402
-from .stats import Measurement, RequestRecord, RuntimeStats, StatsRecorder  # noqa: E402
+from .stats import CallRecord, RequestRecord, RuntimeStats, StatsRecorder  # noqa: E402
 
 # generation: sessions with KV caches in the executors, continuous batching, the replay
 from .generation import (GenerationConfig, GenerationFuture, GenerationResult,  # noqa: E402
@@ -43,10 +43,22 @@ __all__ = [
     "partition_rows", "sim_rows", "stats_rows", "to_dict", "to_frame",
     "InputSignatureError", "RequestFailed", "RequestTimeout", "RuntimeClosedError",
     "RuntimeConfigError", "SubmitTimeout", "DEVICE_FORMS", "build_cluster", "host_spec",
-    "Dispatcher", "Stage", "Runtime", "InputSignature", "TensorSpec", "Measurement",
+    "Dispatcher", "Stage", "Runtime", "InputSignature", "TensorSpec", "CallRecord",
     "RequestRecord", "RuntimeStats", "StatsRecorder",
     "GenerationConfig", "GenerationFuture", "GenerationResult", "GenerationStats", "GenStage",
     "GenerationSimResult", "simulate_generation",
     "AdaptiveError", "PlanSwitchError", "AdaptiveConfig", "AdaptiveEvent", "DriftAlarm",
     "DriftDetector", "HealthTracker", "PlanVersion", "ReplanController", "VersionLedger",
 ]
+
+
+def __getattr__(name: str):
+    # deprecated alias: scheduler.Measurement was renamed CallRecord (policies.Measurement is the
+    # cost model's measured time); kept, with a warning, for code written against the old name
+    if name == "Measurement":
+        import warnings
+
+        warnings.warn("scheduler.Measurement is deprecated; use scheduler.CallRecord",
+                      DeprecationWarning, stacklevel=2)
+        return CallRecord
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -102,7 +102,7 @@ from .dispatch_records import _RecordsMixin
 from .dispatch_recovery import _last_line, _RecoveryMixin
 from .dispatch_versions import _VersionsMixin
 from .requests import Stage, _Group, _is_infrastructure, _Request, _Route, _uses
-from .stats import Measurement, RequestRecord, StatsRecorder
+from .stats import CallRecord, RequestRecord, StatsRecorder
 
 #: seconds of expected device work one coalesced call may carry (see the module docstring)
 GROUP_WORK = 10e-3
@@ -164,7 +164,7 @@ class Dispatcher(_RecordsMixin, _RecoveryMixin, _VersionsMixin):
         max_retries: retries of a request after infrastructure failures.
         recover: called (in the recovery thread) before retrying; it must bring the actors
             back with their partitions loaded, or raise.
-        on_measurement: callbacks called with every :class:`~scheduler.stats.Measurement`.
+        on_measurement: callbacks called with every :class:`~scheduler.stats.CallRecord`.
         exits: :class:`scheduler.gated.ExitPoint` records, in stage order (early exits).
         flops: partition id -> FLOPs, to record the compute each request used.
         max_group: requests that may share one actor call per partition (request
@@ -191,7 +191,7 @@ class Dispatcher(_RecordsMixin, _RecoveryMixin, _VersionsMixin):
                  max_in_flight: int = 32, submit_timeout: float | None = None,
                  request_timeout: float | None = None, max_retries: int = 3,
                  recover: Callable[[], None] | None = None,
-                 on_measurement: Sequence[Callable[[Measurement], None]] = (),
+                 on_measurement: Sequence[Callable[[CallRecord], None]] = (),
                  exits: Sequence[Any] = (), flops: Mapping[int, float] | None = None,
                  ledger: Any = None, max_group: int = 16,
                  call_wall: Mapping[int, float | None] | None = None,
@@ -213,7 +213,7 @@ class Dispatcher(_RecordsMixin, _RecoveryMixin, _VersionsMixin):
         self.request_timeout = request_timeout
         self.max_retries = max_retries
         self.recover = recover
-        self.on_measurement: list[Callable[[Measurement], None]] = list(on_measurement)
+        self.on_measurement: list[Callable[[CallRecord], None]] = list(on_measurement)
         self.exits = tuple(exits)
         self.flops = dict(flops or {})
         if not isinstance(max_group, int) or isinstance(max_group, bool) or max_group < 1:

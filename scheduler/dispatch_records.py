@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from executors.base import MemberError
 
 from .requests import _Route
-from .stats import Measurement, RequestRecord, dag_makespan, request_energy
+from .stats import CallRecord, RequestRecord, dag_makespan, request_energy
 
 __all__: list[str] = []
 
@@ -51,9 +51,9 @@ class _RecordsMixin:
                     if m is not None and not isinstance(m, MemberError):
                         got[pid] = m
                 for pid, v in got.items():
-                    m = Measurement(request=req.rid, attempt=req.attempt, partition=pid,
-                                    device=v.device, start=v.start, duration=v.duration,
-                                    wall=v.wall, simulated=bool(v.simulated), version=req.version)
+                    m = CallRecord(request=req.rid, attempt=req.attempt, partition=pid,
+                                   device=v.device, start=v.start, duration=v.duration,
+                                   wall=v.wall, simulated=bool(v.simulated), version=req.version)
                     self.recorder.add_measurement(m)
                     old = self._wall.get(pid)
                     self._wall[pid] = v.wall if old is None else 0.8 * old + 0.2 * v.wall

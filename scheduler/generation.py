@@ -81,7 +81,25 @@ __all__ = ["GenerationConfig", "GenerationResult", "GenerationFuture", "Generati
 
 class GenerationFuture(cf.Future):
     """A future of a :class:`GenerationResult`; :meth:`cancel` stops a running generation
-    (its caches are freed), unlike a plain ``concurrent.futures.Future``."""
+    (its caches are freed), unlike a plain ``concurrent.futures.Future``.
+
+    Example:
+        >>> from graphs.models import decoder
+        >>> from graphs.sampling import SamplingParams
+        >>> from policies import HEFT
+        >>> from policies.roofline import RooflineCostModel
+        >>> from scheduler.cluster import build_cluster
+        >>> from scheduler.generation_service import plan_generation
+        >>> model, cluster = decoder("tiny"), build_cluster(["sim:edge-cpu-a76"])
+        >>> _, _, stages, shards = plan_generation(model, cluster, RooflineCostModel(cluster), HEFT(),
+        ...                                        GenerationConfig())
+        >>> engine = GenerationEngine(stages, {}, shards, GenerationConfig(), model_config=model.config)
+        >>> fut = engine.submit([1, 2, 3], 4, SamplingParams(), (), None)  # not loaded: nothing runs yet
+        >>> fut.sequence_id, fut.done()
+        (1, False)
+        >>> fut.cancel(), fut.cancelled()  # the engine is told to drop the sequence
+        (True, True)
+    """
 
     def __init__(self, engine: "GenerationEngine", sid: int):
         super().__init__()
@@ -133,6 +151,28 @@ class GenerationEngine:
             simulated timeline of steps).
         max_retries, recovery_timeout: see the module docstring.
         tokenizer: optional, to decode the result's text.
+
+    :meth:`load` ships the shards to the executor actors (Ray); before that the engine
+    only queues requests.
+
+    Example:
+        >>> from graphs.models import decoder
+        >>> from graphs.sampling import SamplingParams
+        >>> from policies import HEFT
+        >>> from policies.roofline import RooflineCostModel
+        >>> from scheduler.cluster import build_cluster
+        >>> from scheduler.generation_service import plan_generation
+        >>> model, cluster = decoder("tiny"), build_cluster(["sim:edge-cpu-a76"])
+        >>> _, _, stages, shards = plan_generation(model, cluster, RooflineCostModel(cluster), HEFT(),
+        ...                                        GenerationConfig())
+        >>> engine = GenerationEngine(stages, {}, shards, GenerationConfig(max_batch=4),
+        ...                           model_config=model.config)
+        >>> engine.lanes, engine.in_flight, engine.stats().generated_tokens  # one device: one lane
+        (1, 0, 0)
+        >>> fut = engine.submit([5, 6], 8, SamplingParams(), (), None)
+        >>> engine.in_flight
+        1
+        >>> engine.close()
     """
 
     def __init__(self, stages: Sequence[GenStage], actors: Mapping[str, Any], shards: Mapping[int, Any],

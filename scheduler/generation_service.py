@@ -30,6 +30,21 @@ def plan_generation(model: Any, cluster: Any, cost_model: Any, policy: Any, conf
     The step graphs carry the KV cache of ``max_batch`` sequences at ``max_context``
     positions on every layer node, so the plan's memory per device includes it and a
     device it does not fit is not given those layers.
+
+    Example:
+        >>> from graphs.models import decoder
+        >>> from policies import HEFT
+        >>> from policies.roofline import RooflineCostModel
+        >>> from scheduler.cluster import build_cluster
+        >>> model = decoder("tiny")
+        >>> cluster = build_cluster(["sim:atlas-200i-a2", "sim:edge-cpu-a76"])
+        >>> config = GenerationConfig(max_batch=2, max_context=64, prompt_len=16, new_tokens=16)
+        >>> plan, graph, stages, shards = plan_generation(model, cluster, RooflineCostModel(cluster),
+        ...                                                HEFT(), config)
+        >>> [(s.id, s.device, s.blocks) for s in stages]  # the tiny decoder fits one shard
+        [(1000, 'sim:edge-cpu-a76', ('embed_tokens', 'layers.0', 'layers.1', 'norm', 'lm_head'))]
+        >>> shards[1000].blocks == stages[0].blocks
+        True
     """
     from graphs.decoding import DecoderShard, shard_ranges
     from policies.phase import place_phase
@@ -55,7 +70,28 @@ def plan_generation(model: Any, cluster: Any, cost_model: Any, policy: Any, conf
 
 class GenerationService:
     """What :class:`scheduler.Runtime` delegates its generation methods to: checks the
-    requests, starts the engine on first use, and owns it until shutdown."""
+    requests, starts the engine on first use, and owns it until shutdown.
+
+    Running a request needs the executor actors (Ray; see the module docstring), but a bad
+    request is refused before any of them is asked:
+
+    Example:
+        >>> from graphs.models import decoder
+        >>> from policies import HEFT
+        >>> from policies.roofline import RooflineCostModel
+        >>> from scheduler.cluster import build_cluster
+        >>> model = decoder("tiny")
+        >>> cluster = build_cluster(["sim:atlas-200i-a2", "sim:edge-cpu-a76"])
+        >>> config = GenerationConfig(max_batch=2, max_context=64, prompt_len=16, new_tokens=16)
+        >>> plan, graph, stages, shards = plan_generation(model, cluster, RooflineCostModel(cluster),
+        ...                                                HEFT(), config)
+        >>> svc = GenerationService(model, config, plan, graph, stages, shards, actors={}, power={},
+        ...                         max_retries=3, recovery_timeout=30.0)
+        >>> svc.submit(list(range(60)), max_new_tokens=8)
+        Traceback (most recent call last):
+        ...
+        scheduler.errors.RuntimeConfigError: prompt of 60 tokens + max_new_tokens 8 = 68 positions exceeds the runtime's generation max_context 64 ...
+    """
 
     def __init__(self, model: Any, config: GenerationConfig, plan: Any, graph: Any,
                  stages: Sequence[GenStage], shards: Mapping[int, Any], actors: Mapping[str, Any], *,

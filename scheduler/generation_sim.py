@@ -42,7 +42,14 @@ __all__ = ["GenerationSimResult", "simulate_generation"]
 
 @dataclass(frozen=True)
 class GenerationSimResult:
-    """What a replay of generation predicts (seconds, joules)."""
+    """What a replay of generation predicts (seconds, joules).
+
+    Example:
+        >>> r = GenerationSimResult(tokens=16, sequences=2, prefill_time=0.5, decode_time=1.75,
+        ...                         decode_steps=7, busy={"sim:npu": 2.0}, energy=8.0)
+        >>> r.makespan, r.decode_tokens_per_s, r.tokens_per_joule  # 14 decode tokens in 1.75 s
+        (2.25, 8.0, 2.0)
+    """
 
     tokens: int  # tokens generated over all sequences
     sequences: int  # sequences generated (each one's first token comes from its prefill)
@@ -75,6 +82,19 @@ def simulate_generation(config: Any, stages: Sequence[tuple[str, int, int]], cos
                         itemsize: int = 4) -> GenerationSimResult:
     """Replay ``batch`` sequences of generation on ``stages`` (``(device, start, stop)`` block
     ranges, as :func:`graphs.decoding.shard_ranges` returns). See the module docstring.
+
+    Example:
+        >>> from executors import profiles
+        >>> from graphs.models import get_config
+        >>> from policies.roofline import RooflineCostModel
+        >>> cl = profiles.cluster(["atlas-200i-a2", "edge-cpu-a76"])
+        >>> chain = [("atlas-200i-a2", 0, 3), ("edge-cpu-a76", 3, 5)]  # tiny: embed, 2 layers | norm, head
+        >>> r = simulate_generation(get_config("tiny"), chain, RooflineCostModel(cl),
+        ...                         prompt_len=16, new_tokens=8, batch=2)
+        >>> r.tokens, r.sequences, r.decode_steps, sorted(r.busy)  # 7 steps in each of 2 lanes
+        (16, 2, 14, ['atlas-200i-a2', 'edge-cpu-a76'])
+        >>> len(r.calls) == 2 * (2 + r.decode_steps)  # every walk calls both shards
+        True
     """
     from executors.simulated import shard_step_time
 

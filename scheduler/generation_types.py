@@ -76,7 +76,16 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class GenStage:
-    """One shard of the chain: blocks ``start..stop-1`` on ``device``, loaded as ``id``."""
+    """One shard of the chain: blocks ``start..stop-1`` on ``device``, loaded as ``id``.
+
+    Example:
+        >>> from graphs.decoding import block_names
+        >>> from graphs.models import get_config
+        >>> names = block_names(get_config("tiny"))
+        >>> st = GenStage(1000, "sim:npu", 1, 3, tuple(names[1:3]))
+        >>> st.blocks, st.stop - st.start
+        (('layers.0', 'layers.1'), 2)
+    """
 
     id: int  # shard id in its executor
     device: str  # device name (an executor actor)
@@ -117,6 +126,14 @@ class GenerationStats:
 
     ``busy`` and ``energy`` count what the devices reported: measured seconds on real
     devices, the cost model's seconds on simulated ones (``simulated`` says which).
+
+    Example:
+        >>> s = GenerationStats(requests=4, failed=0, prompt_tokens=64, generated_tokens=128,
+        ...                     prefill_calls=4, decode_steps=32, mean_decode_batch=3.9, wall=2.0,
+        ...                     busy={"sim:npu": 1.5}, energy=32.0, simulated=True,
+        ...                     kv_bytes_peak=1 << 20, retries=0)
+        >>> s.tokens_per_s, s.tokens_per_joule
+        (64.0, 4.0)
     """
 
     requests: int  # finished (completed) sequences

@@ -49,7 +49,7 @@ from .cluster import DEVICE_FORMS, _init_loopback_ray, _parse_device, build_clus
 from .dispatch import Dispatcher, Stage
 from .errors import RuntimeClosedError, RuntimeConfigError
 from .signature import InputSignature, TensorSpec, embedding_index_bounds
-from .stats import Measurement, RuntimeStats, StatsRecorder
+from .stats import CallRecord, RuntimeStats, StatsRecorder
 
 __all__ = ["Runtime", "InputSignature", "TensorSpec", "DEVICE_FORMS", "host_spec", "build_cluster"]
 
@@ -132,6 +132,28 @@ class Runtime:
         RuntimeConfigError: a bad option value (the message names it and the choices).
         graphs.errors.UnknownNameError: an unknown device form, policy or granularity.
         NotImplementedError: a gate that cannot serve (oracle, patience).
+
+    A runtime deploys on Ray, so serving is shown in the module docstring (and run in
+    tests/scheduler), not here. What it will deploy can be previewed without Ray: the same
+    capture, policy and partition steps, on the same cluster and cost model:
+
+    Example:
+        >>> from graphs.capture import capture
+        >>> from graphs.partition import partition
+        >>> from policies import get
+        >>> from policies.roofline import RooflineCostModel
+        >>> model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 8))
+        >>> x = torch.randn(4, 64)
+        >>> cluster = build_cluster(["sim:atlas-200i-a2", "sim:edge-cpu-a76"])
+        >>> graph = capture(model, (x,), granularity="layer")
+        >>> plan = get("heft").place(graph, cluster, RooflineCostModel(cluster))
+        >>> pm = partition(graph, plan.assignment)  # what Runtime(model, x, devices=...) deploys
+        >>> set(pm.devices) <= set(cluster.names), torch.allclose(pm(x), model(x))
+        (True, True)
+        >>> Runtime(model, x, devices=["sim:atlas-200i-a2", "sim:atlas-200i-a2"])  # checked first
+        Traceback (most recent call last):
+        ...
+        scheduler.errors.RuntimeConfigError: device(s) listed twice: sim:atlas-200i-a2
     """
 
     def __init__(self, model: torch.nn.Module, example_inputs: Any,
@@ -642,9 +664,10 @@ class Runtime:
         kw.setdefault("title", f"{self.model.config.name}: generation, last {len(evs)} shard calls")
         return gantt(evs, path, **kw)
 
-    def on_measurement(self, callback: Callable[[Measurement], None]) -> None:
-        """Call ``callback(measurement)`` for every partition call measured from now on
-        (from the runtime's completion thread: keep it short)."""
+    def on_measurement(self, callback: Callable[[CallRecord], None]) -> None:
+        """Call ``callback(record)`` with a :class:`~scheduler.stats.CallRecord` for every
+        partition call measured from now on (from the runtime's completion thread: keep it
+        short)."""
         if not callable(callback):
             raise RuntimeConfigError(f"on_measurement needs a callable, got {type(callback).__name__}")
         self._dispatcher.on_measurement.append(callback)
@@ -721,8 +744,9 @@ class Runtime:
             failures=sum(e.kind == "failure" for e in ev),
             recoveries=sum(e.kind == "recovery" for e in ev), events=ev)
 
-    def measurements(self) -> list[Measurement]:
-        """The kept partition-call measurements (up to ``history``), oldest first."""
+    def measurements(self) -> list[CallRecord]:
+        """The kept partition-call measurements (:class:`~scheduler.stats.CallRecord`, up to
+        ``history``), oldest first."""
         if self._dispatcher is not None:
             self._dispatcher.flush()
         return self.recorder.measurements()

@@ -90,7 +90,16 @@ def _ro(m: Mapping) -> Mapping:
 
 
 class Transfer(NamedTuple):
-    """One edge's data moving between two devices."""
+    """One edge's data moving between two devices.
+
+    Example:
+        >>> t = Transfer("a", "b", "cpu", "npu", start=1.0, end=1.25)
+        >>> t.end - t.start, t.request
+        (0.25, None)
+        >>> u, v, src, dst, *_ = t  # a named tuple
+        >>> f"{u}@{src} -> {v}@{dst}"
+        'a@cpu -> b@npu'
+    """
 
     u: Hashable  # producer node
     v: Hashable  # consumer node
@@ -103,7 +112,23 @@ class Transfer(NamedTuple):
 
 @dataclass(frozen=True)
 class SimResult:
-    """What :func:`simulate` found for one request (times in cost-model units, seconds)."""
+    """What :func:`simulate` found for one request (times in cost-model units, seconds).
+
+    Example:
+        >>> from executors.devices import Cluster
+        >>> from policies import HEFT, TableCostModel
+        >>> g = nx.DiGraph([("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
+        >>> t = {"a": {"x": 1, "y": 2}, "b": {"x": 4, "y": 2}, "c": {"x": 3, "y": 3}, "d": {"x": 1, "y": 2}}
+        >>> cm = TableCostModel(t, {e: 1 for e in g.edges}, power={"x": (10.0, 1.0), "y": (4.0, 1.0)})
+        >>> plan = HEFT().place(g, Cluster.from_names(["x", "y"]), cm)
+        >>> dict(plan.order)
+        {'x': ('a', 'c', 'd'), 'y': ('b',)}
+        >>> r = simulate(g, plan, cm)
+        >>> r.makespan, dict(r.busy), r.energy, r.agrees_with(plan)
+        (6.0, {'x': 5.0, 'y': 2.0}, 63.0, True)
+        >>> [(t.u, t.v, t.start, t.end) for t in r.transfers]  # a -> b -> d crosses to y and back
+        [('a', 'b', 1.0, 2.0), ('b', 'd', 4.0, 5.0)]
+    """
 
     start: Mapping[Hashable, float]  # node -> start
     finish: Mapping[Hashable, float]  # node -> finish
@@ -145,7 +170,23 @@ class SimResult:
 
 @dataclass(frozen=True)
 class StreamResult:
-    """What :func:`simulate_stream` found for a stream of requests (times in seconds)."""
+    """What :func:`simulate_stream` found for a stream of requests (times in seconds).
+
+    Example:
+        >>> from executors.devices import Cluster
+        >>> from policies import HEFT, TableCostModel
+        >>> g = nx.DiGraph([("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
+        >>> t = {"a": {"x": 1, "y": 2}, "b": {"x": 4, "y": 2}, "c": {"x": 3, "y": 3}, "d": {"x": 1, "y": 2}}
+        >>> cm = TableCostModel(t, {e: 1 for e in g.edges}, power={"x": (10.0, 1.0), "y": (4.0, 1.0)})
+        >>> plan = HEFT().place(g, Cluster.from_names(["x", "y"]), cm)
+        >>> dict(plan.order)
+        {'x': ('a', 'c', 'd'), 'y': ('b',)}
+        >>> s = simulate_stream(g, plan, cm, periodic_arrivals(2.0, 4))  # a request every 2 s
+        >>> s.completion, s.latency
+        ((6.0, 10.0, 16.0, 20.0), (6.0, 8.0, 12.0, 14.0))
+        >>> s.n_requests, s.throughput, s.p50, s.energy_per_request
+        (4, 0.2, 10.0, 61.0)
+    """
 
     arrivals: tuple[float, ...]  # request id -> arrival time
     admitted: tuple[float, ...]  # request id -> when it entered (later than arrival under max_in_flight)

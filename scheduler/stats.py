@@ -1,7 +1,7 @@
 """Runtime statistics: what each partition call measured, what each request took, and
 the summary :meth:`scheduler.Runtime.stats` returns.
 
-The dispatcher records one :class:`Measurement` per partition call (from the small meta
+The dispatcher records one :class:`CallRecord` per partition call (from the small meta
 record every executor call returns) and one :class:`RequestRecord` per finished request.
 :class:`StatsRecorder` keeps the last ``history`` of each in bounded deques (so a long
 stream uses bounded memory) plus running counters, and :meth:`StatsRecorder.summary`
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -31,8 +32,21 @@ STATUSES = ("completed", "failed", "cancelled", "timeout")
 
 
 @dataclass(frozen=True)
-class Measurement:
-    """What one partition call of one request measured (one executor call)."""
+class CallRecord:
+    """What one partition call of one request measured (one executor call).
+
+    The dispatcher makes one per finished partition call; read them with
+    :meth:`StatsRecorder.measurements` or :meth:`scheduler.Runtime.measurements`, or receive
+    them as they arrive with :meth:`scheduler.Runtime.on_measurement`. (Not to be confused
+    with :class:`policies.calibrated.Measurement`, a measured time fed to a cost-model fit.)
+
+    Example:
+        >>> rec = StatsRecorder()
+        >>> rec.add_measurement(CallRecord(request=0, attempt=0, partition=1, device="cpu",
+        ...                                start=0.0, duration=0.25, wall=0.25, simulated=False))
+        >>> [(m.partition, m.device, m.duration) for m in rec.measurements()]
+        [(1, 'cpu', 0.25)]
+    """
 
     request: int  # request id
     attempt: int  # 0 for the first try, 1.. for retries after a failure
@@ -47,7 +61,13 @@ class Measurement:
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One finished request (any terminal status)."""
+    """One finished request (any terminal status).
+
+    Example:
+        >>> r = RequestRecord(request=4, submitted=10.0, finished=10.25, status="completed", attempts=2)
+        >>> r.latency, r.attempts - 1  # seconds, retries
+        (0.25, 1)
+    """
 
     request: int  # request id
     submitted: float  # wall clock (time.time()) at submit
@@ -68,7 +88,19 @@ class RequestRecord:
 
 @dataclass(frozen=True)
 class RuntimeStats:
-    """Summary of a runtime's requests and devices (see :meth:`StatsRecorder.summary`)."""
+    """Summary of a runtime's requests and devices (see :meth:`StatsRecorder.summary`).
+
+    Example:
+        >>> rec = StatsRecorder()
+        >>> for i in range(4):
+        ...     rec.add_request(RequestRecord(i, submitted=i * 0.5, finished=i * 0.5 + 0.5,
+        ...                                   status="completed" if i else "failed"))
+        >>> s = rec.summary(in_flight=1)
+        >>> s.completed, s.failed, s.in_flight, s.latency_p50, s.throughput
+        (3, 1, 1, 0.5, 1.5)
+        >>> s.as_dict()["window"]
+        2.0
+    """
 
     count: int  # requests submitted
     completed: int  # completed with a result
@@ -170,6 +202,17 @@ class StatsRecorder:
 
     ``history`` bounds how many measurements and request records are kept for the
     percentiles, busy times and traces (counters are kept for all time).
+
+    Example:
+        >>> rec = StatsRecorder(history=2)
+        >>> for r in range(3):
+        ...     rec.add_measurement(CallRecord(r, 0, 0, "sim:npu", start=r, duration=0.1,
+        ...                                    wall=0.3, simulated=True))
+        >>> [m.request for m in rec.measurements()]  # the last two are kept
+        [1, 2]
+        >>> s = rec.summary()
+        >>> s.measurements, dict(s.busy_wall), round(s.busy_simulated["sim:npu"], 6)
+        (3, {'sim:npu': 0.6}, 0.2)
     """
 
     def __init__(self, history: int = 100_000, pace: float | None = None,
@@ -180,7 +223,7 @@ class StatsRecorder:
         self.full_flops = full_flops  # FLOPs of one request through the plain model
         self.gated = gated  # requests may leave at early exits
         self._lock = threading.Lock()
-        self._measurements: deque[Measurement] = deque(maxlen=history)
+        self._measurements: deque[CallRecord] = deque(maxlen=history)
         self._requests: deque[RequestRecord] = deque(maxlen=history)
         self._counts = dict.fromkeys(STATUSES, 0)
         self._submitted = 0
@@ -208,7 +251,7 @@ class StatsRecorder:
             self._groups += 1
             self._grouped += size
 
-    def add_measurement(self, m: Measurement) -> None:
+    def add_measurement(self, m: CallRecord) -> None:
         """Record one partition call's measurement."""
         with self._lock:
             self._measurements.append(m)
@@ -235,7 +278,7 @@ class StatsRecorder:
             self._first_submit = None
 
     # ------------------------------------------------------------------- reading
-    def measurements(self) -> list[Measurement]:
+    def measurements(self) -> list[CallRecord]:
         """The kept measurements, oldest first."""
         with self._lock:
             return list(self._measurements)
@@ -319,5 +362,15 @@ class StatsRecorder:
         }
 
 
-__all__ = ["Measurement", "RequestRecord", "RuntimeStats", "StatsRecorder", "percentile",
+__all__ = ["CallRecord", "RequestRecord", "RuntimeStats", "StatsRecorder", "percentile",
            "dag_makespan", "request_energy", "STATUSES"]
+
+
+def __getattr__(name: str):
+    # deprecated alias: this class was called Measurement until it was renamed CallRecord, to
+    # tell it apart from policies.calibrated.Measurement (a measured time for a cost-model fit)
+    if name == "Measurement":
+        warnings.warn("scheduler.stats.Measurement is deprecated; use scheduler.stats.CallRecord",
+                      DeprecationWarning, stacklevel=2)
+        return CallRecord
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,9 +12,18 @@ Every function here turns one of the project's result objects into plain Python 
   dependency of this project; without it a clear :class:`MissingDependencyError` says so);
 * :func:`format_table` — rows as an aligned text table, the way the CLI prints them.
 
-Column names carry their unit as a suffix, and :func:`format_table` formats by it:
-``_s`` seconds, ``_bytes`` bytes, ``_j`` joules, ``_per_s`` a rate per second;
-``utilisation`` columns are fractions shown as percentages.
+Units. A row's keys carry the unit of their raw SI number as a suffix (``_s`` seconds,
+``_bytes`` bytes, ``_j`` joules, ``_per_s`` a rate per second; ``utilisation`` columns
+are fractions), so rows written as JSON stay machine-readable (``"busy_s": 0.002``).
+:func:`format_table` writes each value with its unit (``2.000 ms``, ``1.00 MiB``,
+``35.798 mJ``, ``50.0%``) and so names the column by its quantity alone
+(:func:`column_header`: ``busy``, ``memory``, ``energy``): a unit is never written twice.
+Bytes are formatted by :func:`graphs.units.format_bytes`, the helper the memory errors of
+:mod:`policies` use too.
+
+Node names. :func:`node_label` names a node for people: ``(root)``, the ops of the
+model's own ``forward`` outside any submodule, becomes ``(model-level ops)``
+(:data:`ROOT_NOTE` explains it); an exit segment says which stages it holds.
 
 Example:
     >>> from policies.plan import Plan
@@ -24,8 +33,8 @@ Example:
     >>> [(r["device"], r["nodes"], r["busy_s"]) for r in device_rows(p)]
     [('npu', 1, 0.002), ('cpu', 1, 0.001)]
     >>> print(format_table(device_rows(p), ["device", "busy_s", "memory_bytes"]))
-    device  busy_s    memory_bytes
-    ------  --------  ------------
+    device  busy      memory
+    ------  --------  --------
     npu     2.000 ms  1.00 MiB
     cpu     1.000 ms  0 B
 """
@@ -36,10 +45,20 @@ import math
 from types import MappingProxyType
 from typing import Any, Hashable, Iterable, Mapping, Sequence
 
+from graphs.coarsen import ROOT_GROUP
+from graphs.units import format_bytes
+
 from .errors import MissingDependencyError, SchedulerError
 
 __all__ = ["to_dict", "node_rows", "device_rows", "partition_rows", "compare_rows", "stats_rows",
-           "sim_rows", "to_frame", "format_table", "format_value", "MissingDependencyError"]
+           "sim_rows", "to_frame", "format_table", "format_value", "column_header", "node_label",
+           "nodes_label", "ROOT_LABEL", "ROOT_NOTE", "MissingDependencyError"]
+
+#: How tables and charts name the ``(root)`` group of a captured graph.
+ROOT_LABEL = "(model-level ops)"
+#: One line saying what :data:`ROOT_LABEL` is, for a caption or a footnote.
+ROOT_NOTE = (f"{ROOT_LABEL} = the ops of the model's own forward(), outside any submodule "
+             "(for the decoders: the rotary position tables)")
 
 
 # ------------------------------------------------------------------------- plain dicts
@@ -141,6 +160,68 @@ def device_rows(plan: Any, cluster: Any = None) -> list[dict[str, Any]]:
     return rows
 
 
+def node_label(graph: Any, node: Hashable) -> str:
+    """The name of ``node`` as tables and charts print it (its key stays the node's id).
+
+    * ``(root)`` (the group of ops the model's own ``forward`` runs outside any submodule,
+      :data:`graphs.coarsen.ROOT_GROUP`) is :data:`ROOT_LABEL`, ``(model-level ops)``; a
+      split part ``(root)#1`` is ``(model-level ops #1)``;
+    * an exit segment of a gated model (a node with ``exit_depth``, named ``exit@<depth>``)
+      says what it holds: ``exit@2 (stages.0-1 + exit head + gate)``, its stage range
+      starting after the previous segment's depth (0-based, as the stages' module names);
+    * a coarse node whose ops all come from one deeper module than its name says (a
+      wrapper's ``model`` holding only ``model.head``) is named by that module;
+    * any other node by its own name. ``graph`` may be None (names only).
+
+    Example:
+        >>> import networkx as nx
+        >>> g = nx.DiGraph([("exit@1", "exit@3"), ("exit@3", "model")])
+        >>> g.nodes["exit@1"]["exit_depth"], g.nodes["exit@3"]["exit_depth"] = 1, 3
+        >>> g.nodes["model"].update(op="group", module="model.head")
+        >>> for n in ("exit@1", "exit@3", "model", "(root)", "(root)#1"):
+        ...     print(node_label(g, n))
+        exit@1 (stages.0 + exit head + gate)
+        exit@3 (stages.1-2 + exit head + gate)
+        model.head
+        (model-level ops)
+        (model-level ops #1)
+        >>> node_label(None, "layers.0")
+        'layers.0'
+    """
+    name = str(node)
+    if name == ROOT_GROUP:
+        return ROOT_LABEL
+    if name.startswith(ROOT_GROUP + "#"):
+        return f"{ROOT_LABEL[:-1]} #{name[len(ROOT_GROUP) + 1:]})"
+    a = graph.nodes[node] if graph is not None and node in graph else {}
+    depth = a.get("exit_depth")
+    if isinstance(depth, int) and not isinstance(depth, bool):
+        lo = max((int(graph.nodes[p].get("exit_depth", 0) or 0) for p in graph.predecessors(node)),
+                 default=0)
+        stages = f"stages.{lo}" if depth - lo <= 1 else f"stages.{lo}-{depth - 1}"
+        return f"{name} ({stages} + exit head + gate)"
+    module = a.get("module")
+    if a.get("op") == "group" and isinstance(module, str) and module.startswith(name + "."):
+        return module
+    return name
+
+
+def nodes_label(nodes: Sequence[Hashable], graph: Any = None, limit: int = 3) -> str:
+    """The nodes of a partition in one short cell: their :func:`node_label` names, the
+    middle ones elided past ``limit`` (the count in parentheses).
+
+    Example:
+        >>> nodes_label(["(root)", "embed_tokens"])
+        '(model-level ops), embed_tokens'
+        >>> nodes_label([f"layers.{k}" for k in range(6)])
+        'layers.0, layers.1, ... layers.5 (6)'
+    """
+    names = [node_label(graph, n) for n in nodes]
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:limit - 1])}, ... {names[-1]} ({len(names)})"
+
+
 def _short(nodes: Sequence[Hashable], limit: int = 3) -> str:
     names = [str(n) for n in nodes]
     if len(names) <= limit:
@@ -148,24 +229,32 @@ def _short(nodes: Sequence[Hashable], limit: int = 3) -> str:
     return f"{', '.join(names[:limit - 1])}, ... {names[-1]} ({len(names)})"
 
 
-def partition_rows(partitioned: Any, predicted: Mapping[int, float] | Sequence[float] | None = None
-                   ) -> list[dict[str, Any]]:
+def partition_rows(partitioned: Any, predicted: Mapping[int, float] | Sequence[float] | None = None,
+                   graph: Any = None) -> list[dict[str, Any]]:
     """One row per partition of a :class:`~graphs.partition.PartitionedModel`: ``partition``,
     ``device``, ``nodes`` (the op-graph nodes it covers, shortened), ``flops``,
     ``param_bytes``, ``in_bytes``, ``out_bytes``, and ``predicted_s`` when ``predicted``
     (partition id -> seconds, as ``Runtime.predicted``) is given.
 
+    ``nodes`` holds the node ids as they are (JSON output keeps them); with ``graph``
+    (the graph the partitions come from) they are named for people instead, by
+    :func:`nodes_label`.
+
     Example:
         >>> import types
-        >>> part = types.SimpleNamespace(id=0, device="npu", nodes=("layers.0", "layers.1"),
+        >>> part = types.SimpleNamespace(id=0, device="npu", nodes=("(root)", "layers.0"),
         ...                              flops=10, param_bytes=4, bytes_in=8, bytes_out=8)
         >>> pm = types.SimpleNamespace(parts=(part,))
         >>> partition_rows(pm, {0: 0.001})[0]["nodes"], partition_rows(pm, {0: 0.001})[0]["predicted_s"]
-        ('layers.0, layers.1', 0.001)
+        ('(root), layers.0', 0.001)
+        >>> import networkx as nx
+        >>> partition_rows(pm, graph=nx.DiGraph())[0]["nodes"]
+        '(model-level ops), layers.0'
     """
     rows = []
     for p in partitioned.parts:
-        row: dict[str, Any] = {"partition": p.id, "device": p.device, "nodes": _short(p.nodes),
+        nodes = _short(p.nodes) if graph is None else nodes_label(p.nodes, graph)
+        row: dict[str, Any] = {"partition": p.id, "device": p.device, "nodes": nodes,
                                "flops": int(p.flops), "param_bytes": int(p.param_bytes),
                                "in_bytes": int(p.bytes_in), "out_bytes": int(p.bytes_out)}
         if predicted is not None:
@@ -252,7 +341,32 @@ def to_frame(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = 
 
 
 # ---------------------------------------------------------------------- text tables
-_BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+#: Headers of columns whose quantity the generic rule of :func:`column_header` would name
+#: too tersely.
+HEADERS = {"param_bytes": "params", "in_bytes": "input", "out_bytes": "output",
+           "kv_bytes": "kv_cache"}
+#: Unit suffixes of column names, longest first: :func:`format_value` writes the unit
+#: into each cell, so :func:`column_header` leaves it out of the header.
+UNIT_SUFFIXES = ("_per_s", "_bytes", "_s", "_j")
+
+
+def column_header(column: str) -> str:
+    """The header :func:`format_table` prints for ``column``: the quantity alone when
+    :func:`format_value` writes the unit into each cell (``busy_s`` -> ``busy``,
+    ``memory_bytes`` -> ``memory``, ``energy_j`` -> ``energy``, ``tokens_per_s`` ->
+    ``tokens``), a few byte columns by name (:data:`HEADERS`), any other column as it is.
+
+    Example:
+        >>> [column_header(c) for c in ("predicted_s", "energy_j", "memory_bytes", "param_bytes",
+        ...                             "throughput_per_s", "utilisation", "flops", "device")]
+        ['predicted', 'energy', 'memory', 'params', 'throughput', 'utilisation', 'flops', 'device']
+    """
+    if column in HEADERS:
+        return HEADERS[column]
+    for suffix in UNIT_SUFFIXES:
+        if column.endswith(suffix) and len(column) > len(suffix):
+            return column[:-len(suffix)]
+    return column
 
 
 def format_value(column: str, v: Any) -> str:
@@ -280,10 +394,7 @@ def format_value(column: str, v: Any) -> str:
             return f"{v * 1e3:.3f} ms"
         return f"{v * 1e6:.2f} us"
     if column.endswith("_bytes"):
-        x, i = float(v), 0
-        while abs(x) >= 1024 and i < len(_BYTE_UNITS) - 1:
-            x, i = x / 1024, i + 1
-        return f"{int(x)} B" if i == 0 else f"{x:.2f} {_BYTE_UNITS[i]}"
+        return format_bytes(v)
     if column.startswith("utilisation") or column.endswith("_rate"):
         return f"{100 * v:.1f}%"
     if column == "flops" or column.endswith("_flops"):
@@ -300,14 +411,16 @@ def format_value(column: str, v: Any) -> str:
 
 def format_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
     """Rows as an aligned text table with a header line; values formatted by
-    :func:`format_value`. Columns default to every key, in first-seen order.
+    :func:`format_value`, each with its unit, and headed by :func:`column_header` (the
+    quantity, without the unit suffix of the row key). Columns default to every key, in
+    first-seen order.
 
     Raises:
         SchedulerError: a requested column is in no row (names it and the ones present).
 
     Example:
         >>> print(format_table([{"device": "npu", "time_s": 0.5}, {"device": "cpu", "time_s": 2.0}]))
-        device  time_s
+        device  time
         ------  ----------
         npu     500.000 ms
         cpu     2.000 s
@@ -322,8 +435,9 @@ def format_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[str] | Non
             raise SchedulerError(f"column(s) {', '.join(map(repr, missing))} are in no row; "
                                  f"columns present: {', '.join(present)}")
     cells = [[format_value(c, r.get(c)) for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip(),
+    heads = [column_header(c) for c in columns]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(heads)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths)).rstrip(),
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in cells]
     return "\n".join(lines)

@@ -310,6 +310,15 @@ def test_demo_serves_the_stream_on_ray(capsys, tmp_path, ray_session):
     summary = json.loads((tmp_path / "summary.json").read_text())
     st = summary["decoder"]["stats"]
     assert st["completed"] == 6 and f"latency p50 {fmt_s(st['latency_p50'])}" in out
+    # every number printed is in the summary: the comparison table and the plan's figures too
+    compared = {r["policy"]: r for r in summary["comparison"]}
+    assert "heft (latency)" in compared and compared["heft (latency)"]["bottleneck_s"] > 0
+    assert summary["plan"]["bottleneck_s"] > 0 and summary["plan_1b"] is None  # --no-1b
+    idle = summary["plan"]["idle_power_w"]
+    assert idle and f"idle power {sum(idle.values()):g} W (" in out
+    # the throughputs and energies that differ say what they count
+    assert "busy while its input arrives" in out and "transfers overlap compute" in out
+    assert "one request alone" in out
     if not fashion_mnist_available():
         assert summary["gate"] is None and "no exit rate to report" in out
         return

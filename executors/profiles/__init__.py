@@ -107,6 +107,14 @@ def profile_path(name_or_path: str | os.PathLike) -> str:
 
     Raises:
         graphs.errors.UnknownNameError: not a file and not a built-in name (lists them).
+
+    Example:
+        >>> os.path.basename(profile_path("jetson-orin-nx"))
+        'jetson-orin-nx.toml'
+        >>> profile_path("tpu-v9")
+        Traceback (most recent call last):
+        ...
+        graphs.errors.UnknownNameError: unknown profile 'tpu-v9'; valid choices: ...
     """
     p = os.fspath(name_or_path)
     if os.path.isfile(p):

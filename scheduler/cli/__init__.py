@@ -53,7 +53,13 @@ COMMANDS = (demo, place, simulate, policies, profiles, bench)
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``hetsched`` (subcommands demo, place, simulate, policies,
-    profiles, bench)."""
+    profiles, bench).
+
+    Example:
+        >>> a = build_parser().parse_args(["place", "--model", "tiny", "--json"])
+        >>> a.command, a.model, a.json
+        ('place', 'tiny', True)
+    """
     top = Parser(prog="hetsched", description=(
         "Adaptive heterogeneous scheduling runtime: capture a PyTorch model into a "
         "cost-annotated op graph, place it across NPU/GPU/CPU devices with a policy, and run "
@@ -77,7 +83,19 @@ MAX_ERROR_CHARS = 2000
 
 def debug_requested() -> bool:
     """Whether the environment asks errors to show their traceback: ``HETSCHED_DEBUG`` set
-    to anything but empty or ``0`` (as ``hetsched --debug``)."""
+    to anything but empty or ``0`` (as ``hetsched --debug``).
+
+    Example:
+        >>> saved = os.environ.pop("HETSCHED_DEBUG", None)
+        >>> debug_requested()
+        False
+        >>> os.environ["HETSCHED_DEBUG"] = "1"
+        >>> debug_requested()
+        True
+        >>> _ = os.environ.pop("HETSCHED_DEBUG")
+        >>> if saved is not None:
+        ...     os.environ["HETSCHED_DEBUG"] = saved
+    """
     return os.environ.get("HETSCHED_DEBUG", "") not in ("", "0")
 
 
@@ -109,7 +127,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``hetsched`` command line with ``argv`` (default ``sys.argv[1:]``); returns
     the exit status: 0 ok, 2 an error (one line ``hetsched: error: ...`` on stderr, never a
     traceback unless ``--debug`` or ``HETSCHED_DEBUG=1``), 1 stdout closed early (a pipe
-    into ``head``), 130 interrupted."""
+    into ``head``), 130 interrupted.
+
+    Example:
+        >>> main(["place", "--model", "tiny", "--policy", "nope"])  # one error line on stderr
+        2
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested()
     try:

@@ -26,7 +26,15 @@ BENCH_DIR = os.path.join(ROOT, "bench")
 
 
 def add_parser(sub) -> None:
-    """Register ``bench`` on the top-level subparsers ``sub``."""
+    """Register ``bench`` on the top-level subparsers ``sub``.
+
+    Example:
+        >>> sub = argparse.ArgumentParser(prog="hetsched").add_subparsers()
+        >>> add_parser(sub)
+        >>> a = sub.choices["bench"].parse_args(["--only", "capture", "--quick"])
+        >>> a.only, a.quick, a.list
+        (['capture'], True, False)
+    """
     p = sub.add_parser("bench", help="run the benchmark suite (writes docs/benchmarks.md)",
                        description=(
         "Run the benchmark scripts under bench/ one after another; each prints its table and "
@@ -71,6 +79,15 @@ def run_bench(names: Sequence[str] | None = None, *, quick: bool = False,
 
     Raises:
         graphs.errors.UnknownNameError: a name is not a benchmark (lists them).
+
+    Example:
+        >>> import tempfile
+        >>> b = os.path.join(tempfile.mkdtemp(), "bench")
+        >>> os.mkdir(b)
+        >>> with open(os.path.join(b, "hello.py"), "w") as f:
+        ...     _ = f.write("pass  # a benchmark that does nothing\\n")
+        >>> [(name, rc) for name, rc, _ in run_bench(bench_dir=b, progress=False)]
+        [('hello', 0)]
     """
     from tqdm import tqdm
 
@@ -96,7 +113,14 @@ def run_bench(names: Sequence[str] | None = None, *, quick: bool = False,
 
 
 def run(args: argparse.Namespace) -> int:
-    """List (``--list``) or run the benchmarks; a failed one is a :class:`CLIError`."""
+    """List (``--list``) or run the benchmarks; a failed one is a :class:`CLIError`.
+
+    Example:
+        >>> run(argparse.Namespace(list=True, only=[], quick=False))  # doctest: +ELLIPSIS
+        adaptive  ...
+        capture  ...
+        0
+    """
     avail = bench_scripts()
     if args.list:
         w = max(map(len, avail), default=0)

@@ -11,7 +11,9 @@
   ``--mem-limit`` caps; :func:`check_gpus` first), :func:`make_policy`, :func:`load_graph`,
   :func:`capture_graph`, :func:`cost_model`, :func:`capture_and_place`;
 * text: :func:`graph_line`, :func:`plan_tables` (the plan as the devices/partitions/nodes
-  tables ``place``, ``simulate`` and ``demo`` print), :func:`fmt_s`, :func:`indent`.
+  tables ``place``, ``simulate`` and ``demo`` print), :func:`power_text` and
+  :func:`energy_note` (what an energy counts, idle power stated), :func:`fmt_s`,
+  :func:`indent`.
 
 Example:
     >>> parse_devices(["jetson-orin-nx,sim:edge-cpu-a76", "cpu"])
@@ -44,9 +46,29 @@ DECODER_CONFIGS = ("tiny", "small", "1b", "smollm2-135m", "tiny-llama")
 
 # ----------------------------------------------------------------------------- parsing
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``hetsched: error: ...`` and exit status 2."""
+    """argparse with one-line errors: ``hetsched: error: ...`` and exit status 2.
+
+    Example:
+        >>> p = Parser(prog="hetsched x")
+        >>> _ = p.add_argument("--n", type=int)
+        >>> p.parse_args(["--n", "3"]).n
+        3
+        >>> p.parse_args(["--n", "three"])  # one line on stderr, then:
+        Traceback (most recent call last):
+        ...
+        SystemExit: 2
+    """
 
     def error(self, message: str):  # type: ignore[override]
+        """Write ``hetsched: error: PROG: MESSAGE (see PROG --help)`` on stderr, one line
+        (runs of whitespace collapsed), and exit with status 2.
+
+        Example:
+            >>> Parser(prog="hetsched x").error("bad\\n  value")
+            Traceback (most recent call last):
+            ...
+            SystemExit: 2
+        """
         msg = " ".join(str(message).split())
         sys.stderr.write(f"hetsched: error: {self.prog}: {msg} (see {self.prog} --help)\n")
         raise SystemExit(2)
@@ -81,7 +103,16 @@ def parse_size(text: str) -> float:
 
 
 def arg_size(text: str) -> float:
-    """argparse type: :func:`parse_size`, its error as an argparse error."""
+    """argparse type: :func:`parse_size`, its error as an argparse error.
+
+    Example:
+        >>> arg_size("2KiB")
+        2048.0
+        >>> arg_size("0")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: bad size '0': it must be > 0
+    """
     try:
         return parse_size(text)
     except CLIError as e:
@@ -119,12 +150,30 @@ def int_range(lo: int = 1, hi: int = INT_MAX, *, what: str = "an integer"):
 
 
 def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (and at most :data:`INT_MAX`)."""
+    """argparse type: an integer >= 1 (and at most :data:`INT_MAX`).
+
+    Example:
+        >>> positive_int("3")
+        3
+        >>> positive_int("0")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: expected an integer >= 1, got '0'
+    """
     return int_range(1, INT_MAX)(text)
 
 
 def fraction(text: str) -> float:
-    """argparse type: a number strictly between 0 and 1."""
+    """argparse type: a number strictly between 0 and 1.
+
+    Example:
+        >>> fraction("0.25")
+        0.25
+        >>> fraction("1")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: expected a number in (0, 1), got '1'
+    """
     try:
         v = float(text)
     except ValueError:
@@ -162,7 +211,16 @@ def float_range(lo: float, hi: float, *, unit: str = ""):
 
 
 def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
+    """argparse type: a finite number > 0.
+
+    Example:
+        >>> positive_float("1e-3")
+        0.001
+        >>> positive_float("inf")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: expected a finite number > 0, got 'inf'
+    """
     try:
         v = float(text)
     except ValueError:
@@ -175,7 +233,15 @@ def positive_float(text: str) -> float:
 def add_model_options(p: argparse.ArgumentParser, *, default_model: str, graph_file: bool,
                       models: Sequence[str] = ("tiny", "small", "1b")) -> None:
     """The ``model`` group: ``--model`` (one of ``models``; with ``graph_file``, exclusive with
-    ``--graph FILE``), ``--seq-len``, ``--batch``, ``--granularity``."""
+    ``--graph FILE``), ``--seq-len``, ``--batch``, ``--granularity``.
+
+    Example:
+        >>> p = argparse.ArgumentParser()
+        >>> add_model_options(p, default_model="small", graph_file=True)
+        >>> a = p.parse_args(["--graph", "g.json", "--seq-len", "8"])
+        >>> a.graph, a.model, a.seq_len, a.granularity, a.default_model
+        ('g.json', None, 8, 'layer', 'small')
+    """
     g = p.add_argument_group("model")
     src = g.add_mutually_exclusive_group() if graph_file else g
     sizes = {"tiny": "tiny: 2 layers", "small": "small: 4 layers", "1b": "1b: 26 layers (1.4B params)",
@@ -198,7 +264,15 @@ def add_model_options(p: argparse.ArgumentParser, *, default_model: str, graph_f
 def add_placement_options(p: argparse.ArgumentParser, *, default_policy: str,
                           default_objective: str, mem_limit: bool = True) -> None:
     """The ``placement`` group: ``--devices``, ``--policy``, ``--objective``, ``--option`` and,
-    with ``mem_limit``, ``--mem-limit``."""
+    with ``mem_limit``, ``--mem-limit``.
+
+    Example:
+        >>> p = argparse.ArgumentParser()
+        >>> add_placement_options(p, default_policy="heft", default_objective="latency")
+        >>> a = p.parse_args(["--devices", "cpu:0,cpu:1", "--option", "insertion=false"])
+        >>> a.devices, a.policy, a.objective, a.option, a.mem_limit
+        (['cpu:0,cpu:1'], 'heft', 'latency', ['insertion=false'], [])
+    """
     g = p.add_argument_group("placement")
     g.add_argument("--devices", nargs="+", metavar="DEV", default=list(EDGE_TRIO),
                    help="devices: sim:<profile name or file>, cpu, cpu:N, cuda:N, npu:N; a bare "
@@ -218,7 +292,14 @@ def add_placement_options(p: argparse.ArgumentParser, *, default_policy: str,
 
 
 def need_action(p: argparse.ArgumentParser, name: str) -> int:
-    """What a command with actions runs when given none: a one-line usage error."""
+    """What a command with actions runs when given none: a one-line usage error.
+
+    Example:
+        >>> need_action(Parser(prog="hetsched profiles"), "profiles")
+        Traceback (most recent call last):
+        ...
+        SystemExit: 2
+    """
     p.error(f"{name} needs an action")
     return 2  # pragma: no cover
 
@@ -251,13 +332,28 @@ def check_out(path: str, flag: str, *, folder: bool) -> None:
 
 # --------------------------------------------------------------------------- helpers
 def echo(*lines: str) -> None:
-    """Print ``lines`` to stdout (results; progress goes to stderr), flushed."""
+    """Print ``lines`` to stdout (results; progress goes to stderr), flushed.
+
+    Example:
+        >>> echo("a", "", "b")
+        a
+        <BLANKLINE>
+        b
+    """
     print("\n".join(lines), flush=True)
 
 
 @contextlib.contextmanager
 def ticker(desc: str) -> Iterator[None]:
-    """A progress line with elapsed seconds, for a blocking step (refreshed from a thread)."""
+    """A progress line with elapsed seconds, for a blocking step (refreshed from a thread);
+    on stderr, and only where stderr is a terminal.
+
+    Example:
+        >>> with ticker("adding"):
+        ...     total = 1 + 1
+        >>> total
+        2
+    """
     from tqdm import tqdm
 
     bar = tqdm(total=None, desc=desc, file=sys.stderr, leave=False,
@@ -281,7 +377,16 @@ def ticker(desc: str) -> Iterator[None]:
 def parse_devices(items: Sequence[str]) -> list[str]:
     """The ``--devices`` words as device names: commas split, a bare profile name means
     ``sim:<name>``, a bare ``cuda`` or ``npu`` its device 0; none, or one listed twice, is
-    a :class:`CLIError`."""
+    a :class:`CLIError`.
+
+    Example:
+        >>> parse_devices(["npu", "cpu:0,edge-cpu-a76"])
+        ['npu:0', 'cpu:0', 'sim:edge-cpu-a76']
+        >>> parse_devices(["cpu,cpu"])
+        Traceback (most recent call last):
+        ...
+        scheduler.errors.CLIError: device(s) listed twice in --devices: cpu
+    """
     out = []
     for item in items:
         for d in str(item).split(","):
@@ -304,7 +409,13 @@ def parse_devices(items: Sequence[str]) -> list[str]:
 
 
 def make_cluster(devices: Sequence[str], mem_limits: Sequence[str] = ()):
-    """The cluster of ``devices`` with the ``--mem-limit`` caps (``[DEV=]SIZE``) applied."""
+    """The cluster of ``devices`` with the ``--mem-limit`` caps (``[DEV=]SIZE``) applied.
+
+    Example:
+        >>> c = make_cluster(["sim:edge-cpu-a76", "sim:jetson-orin-nx"], ["edge-cpu-a76=64MB"])
+        >>> c.spec("sim:edge-cpu-a76").mem_capacity, c.spec("sim:jetson-orin-nx").mem_capacity > 64e6
+        (64000000.0, True)
+    """
     from executors.devices import Cluster
 
     from ..runtime import build_cluster
@@ -336,7 +447,11 @@ def check_gpus(devices: Sequence[str]) -> None:
     numbers from the hardware, so a missing one is an
     :class:`executors.errors.DeviceUnavailableError` saying what to install or use instead
     (the executor factory's own check). ``npu:N`` needs no hardware to be placed on: its
-    numbers come from the Atlas profile."""
+    numbers come from the Atlas profile.
+
+    Example:
+        >>> check_gpus(["cpu", "sim:edge-cpu-a76", "npu:0"])  # no cuda:N: nothing to check
+    """
     for d in devices:
         head, _, idx = str(d).partition(":")
         if head == "cuda" and idx.isascii() and idx.isdigit():
@@ -347,7 +462,13 @@ def check_gpus(devices: Sequence[str]) -> None:
 
 def make_policy(name: str, objective: str, options: Sequence[str]):
     """The registered policy ``name`` with the ``--option KEY=VALUE`` options (values parsed
-    as JSON, else strings), and ``objective`` unless an option sets it."""
+    as JSON, else strings), and ``objective`` unless an option sets it.
+
+    Example:
+        >>> p = make_policy("pipeline", "throughput", ["max_stages=2"])
+        >>> p.name, p.options["max_stages"], p.options["objective"]
+        ('pipeline', 2, 'throughput')
+    """
     import policies
 
     opts: dict[str, Any] = {}
@@ -370,7 +491,14 @@ _TOTALS = ("flops", "bytes_in", "bytes_out", "param_bytes")
 def load_graph(path: str):
     """The op graph saved in the file ``path`` (:func:`graphs.load`); a missing, unreadable,
     malformed or absurd file (costs summing past what a float holds) is a :class:`CLIError`
-    naming ``--graph`` and the file."""
+    naming ``--graph`` and the file.
+
+    Example:
+        >>> load_graph("no-such-graph.json")
+        Traceback (most recent call last):
+        ...
+        scheduler.errors.CLIError: --graph 'no-such-graph.json': no such file
+    """
     import graphs
 
     if not os.path.isfile(path):
@@ -395,7 +523,16 @@ def load_graph(path: str):
 
 
 def capture_graph(args: argparse.Namespace, *, real: bool = False):
-    """(graph, model or None, example inputs or None) for --model / --graph."""
+    """(graph, model or None, example inputs or None) for --model / --graph; ``real``
+    builds the model with weights on the CPU, else on the meta device.
+
+    Example:
+        >>> a = argparse.Namespace(graph=None, model="tiny", default_model="small", seq_len=8,
+        ...                        batch=1, granularity="layer")
+        >>> g, model, x = capture_graph(a)
+        >>> g.granularity, "layers.0" in g, tuple(x[0].shape)
+        ('layer', True, (1, 8))
+    """
     import graphs
 
     if getattr(args, "graph", None):
@@ -421,7 +558,15 @@ def capture_graph(args: argparse.Namespace, *, real: bool = False):
 
 
 def graph_line(g) -> str:
-    """One line about ``g``: name, nodes, granularity, FLOPs and parameter bytes per request."""
+    """One line about ``g``: name, nodes, granularity, FLOPs and parameter bytes per request.
+
+    Example:
+        >>> from graphs.opgraph import OpGraph
+        >>> g = OpGraph(granularity="layer", name="toy")
+        >>> g.add_node("mm", kind="matmul", flops=2e9, param_bytes=2 ** 20)
+        >>> graph_line(g)
+        'toy: 1 nodes at layer granularity, 2 GFLOP and 1.00 MiB of parameters per request'
+    """
     from ..tables import format_value
 
     return (f"{g.name or 'graph'}: {g.number_of_nodes()} nodes at {g.granularity} granularity, "
@@ -430,7 +575,12 @@ def graph_line(g) -> str:
 
 
 def indent(lines: Sequence[str], prefix: str = "  ") -> list[str]:
-    """Every line of ``lines`` (each may hold several) with ``prefix``; blank lines stay blank."""
+    """Every line of ``lines`` (each may hold several) with ``prefix``; blank lines stay blank.
+
+    Example:
+        >>> indent(["a\\nb", ""], "> ")
+        ['> a', '> b', '']
+    """
     return [prefix + ln if ln else "" for text in lines for ln in text.split("\n")]
 
 
@@ -438,8 +588,29 @@ def plan_tables(plan, graph, cluster, *, nodes: bool = False, title: str = "",
                 measure: str = "latency", unit: str = "request") -> list[str]:
     """The plan as text: a headline (``measure``: the makespan; period, energy per ``unit``),
     the partitions table (a captured graph only), the devices table (busy time and peak
-    memory of one ``unit``) and, with ``nodes``, one row per node."""
+    memory of one ``unit``) and, with ``nodes``, one row per node. Nodes are named by
+    :func:`scheduler.tables.node_label`; a table showing ``(model-level ops)`` is followed
+    by :data:`scheduler.tables.ROOT_NOTE`.
+
+    Example:
+        >>> import networkx as nx
+        >>> from executors.devices import Cluster, DeviceSpec
+        >>> from policies.plan import Plan
+        >>> g = nx.DiGraph(); g.add_node("a", kind="matmul", flops=10)
+        >>> p = Plan({"a": "x"}, {"x": ("a",)}, {"a": 0.0}, {"a": 0.002}, 0.002,
+        ...          memory={"x": 4096}, policy="manual")
+        >>> c = Cluster.from_specs([DeviceSpec("x", "cpu", {"float32": 1e9}, 1e9, 2 ** 30)])
+        >>> print("\\n".join(plan_tables(p, g, c)))
+        plan by manual (objective latency): predicted latency 2.000 ms
+        <BLANKLINE>
+        devices (predicted busy time and peak memory of one request):
+        device  kind  nodes  busy      utilisation  memory    capacity
+        ------  ----  -----  --------  -----------  --------  --------
+        x       cpu   1      2.000 ms  100.0%       4.00 KiB  1.00 GiB
+    """
     from ..tables import device_rows, format_table, format_value, node_rows, partition_rows
+
+    from ..tables import ROOT_LABEL, ROOT_NOTE, node_label
 
     lines = []
     head = title or f"plan by {plan.policy} (objective {plan.objective})"
@@ -448,29 +619,89 @@ def plan_tables(plan, graph, cluster, *, nodes: bool = False, title: str = "",
     energy = "" if plan.energy is None else \
         f", energy {format_value('energy_j', plan.energy)} per {unit}"
     lines.append(f"{head}: predicted {measure} {fmt_s(plan.makespan)}{per}{energy}")
+    shown = []
     if graph.graph.get("module") is not None:
         from graphs.partition import partition
 
         pm = partition(graph, plan.assignment)
         pred = pm.predicted(graph, cost_model(cluster))
+        rows = partition_rows(pm, pred, graph)
+        shown += [r["nodes"] for r in rows]
         lines += ["", "partitions (one fx submodule each; predicted time on its device):",
-                  format_table(partition_rows(pm, pred),
-                               ["partition", "device", "nodes", "flops", "param_bytes",
-                                "out_bytes", "predicted_s"])]
+                  format_table(rows, ["partition", "device", "nodes", "flops", "param_bytes",
+                                      "out_bytes", "predicted_s"])]
     lines += ["", f"devices (predicted busy time and peak memory of one {unit}):",
               format_table(device_rows(plan, cluster),
                            ["device", "kind", "nodes", "busy_s", "utilisation", "memory_bytes",
                             "capacity_bytes"])]
     if nodes:
-        lines += ["", "nodes:", format_table(node_rows(plan, graph))]
+        rows = [{**r, "node": node_label(graph, r["node"])} for r in node_rows(plan, graph)]
+        shown += [r["node"] for r in rows]
+        lines += ["", "nodes:", format_table(rows)]
+    if any(ROOT_LABEL[:-1] in s for s in shown):
+        lines += ["", ROOT_NOTE]
     return lines
+
+
+def power_text(devices: Sequence[str], cm: Any, which: str = "idle", *, each: bool = True) -> str:
+    """The ``which`` power (``"idle"`` or ``"active"``) of ``devices`` under the cost model
+    ``cm``: their sum and, with ``each``, every device's (``"unknown"`` when the model
+    knows no power for one of them).
+
+    Example:
+        >>> class CM:
+        ...     def power(self, d):
+        ...         return {"a": (10.0, 3.0), "b": (25.0, 5.0)}.get(d)
+        >>> power_text(["a", "b"], CM()), power_text(["a", "b"], CM(), "active", each=False)
+        ('8 W (a 3 W, b 5 W)', '35 W')
+        >>> power_text(["a", "c"], CM())
+        'unknown'
+    """
+    k = {"active": 0, "idle": 1}[which]
+    watts = {}
+    for d in devices:
+        p = cm.power(d)
+        if p is None:
+            return "unknown"
+        watts[d] = float(p[k])
+    total = f"{sum(watts.values()):g} W"
+    return total if not each else f"{total} (" + ", ".join(f"{d} {w:g} W" for d, w in watts.items()) + ")"
+
+
+def energy_note(plan, cm, unit: str = "request") -> list[str]:
+    """Two lines saying what ``plan.energy`` counts: active power while busy plus idle power
+    over the rest of the makespan of one ``unit`` alone, on the devices the plan uses; and
+    the idle power that is.
+
+    Example:
+        >>> from policies.plan import Plan
+        >>> class CM:
+        ...     def power(self, d):
+        ...         return (10.0, 3.0)
+        >>> p = Plan({"a": "x"}, {"x": ("a",)}, {"a": 0.0}, {"a": 0.002}, 0.003, energy=0.023)
+        >>> print("\\n".join(energy_note(p, CM())))
+        energy 23.000 mJ per request: active power while busy + idle power over the rest of the 3.000 ms makespan, one request alone
+          (on the devices it uses, idle power 3 W (x 3 W); transfers cost no energy)
+    """
+    from ..tables import format_value
+
+    return [f"energy {format_value('energy_j', plan.energy)} per {unit}: active power while busy + "
+            f"idle power over the rest of the {fmt_s(plan.makespan)} makespan, one {unit} alone",
+            f"  (on the devices it uses, idle power {power_text(plan.devices_used, cm)}; transfers "
+            "cost no energy)"]
 
 
 _COST_MODELS: dict[int, Any] = {}
 
 
 def cost_model(cluster):
-    """The roofline cost model of ``cluster`` (the last one is cached, so tables reuse it)."""
+    """The roofline cost model of ``cluster`` (the last one is cached, so tables reuse it).
+
+    Example:
+        >>> c = make_cluster(["sim:edge-cpu-a76"])
+        >>> cost_model(c) is cost_model(c), type(cost_model(c)).__name__
+        (True, 'RooflineCostModel')
+    """
     from policies.roofline import RooflineCostModel
 
     key = id(cluster)
@@ -481,14 +712,24 @@ def cost_model(cluster):
 
 
 def simulate_module():
-    """``scheduler.simulate`` the module (the package re-exports a function of that name)."""
+    """``scheduler.simulate`` the module (the package re-exports a function of that name).
+
+    Example:
+        >>> simulate_module().__name__
+        'scheduler.simulate'
+    """
     import importlib
 
     return importlib.import_module("scheduler.simulate")
 
 
 def fmt_s(v: float) -> str:
-    """Seconds as the tables print them (``1.311 ms``)."""
+    """Seconds as the tables print them (``1.311 ms``).
+
+    Example:
+        >>> fmt_s(0.0013), fmt_s(2.5), fmt_s(4e-6)
+        ('1.300 ms', '2.500 s', '4.00 us')
+    """
     from ..tables import format_value
 
     return format_value("t_s", v)
@@ -496,7 +737,14 @@ def fmt_s(v: float) -> str:
 
 def capture_and_place(args: argparse.Namespace, *, real: bool = False):
     """Capture (or load) the graph of ``args`` and place it: ``(graph, cluster, plan, model,
-    inputs)``; ``real`` builds the model with weights on the CPU, not on the meta device."""
+    inputs)``; ``real`` builds the model with weights on the CPU, not on the meta device.
+
+    Example:
+        >>> from scheduler.cli import build_parser
+        >>> g, c, plan, model, x = capture_and_place(build_parser().parse_args(["place", "--model", "tiny"]))
+        >>> plan.policy, set(plan.assignment) == set(g), set(plan.devices_used) <= set(c.names)
+        ('heft', True, True)
+    """
     devices = parse_devices(args.devices)
     cluster = make_cluster(devices, getattr(args, "mem_limit", ()))
     policy = make_policy(args.policy, args.objective, args.option)

@@ -18,6 +18,14 @@ Seven steps, each printed as it runs:
    once, and a Gantt chart of the decode steps.
 
 It writes Gantt chart PNGs, Perfetto traces and a JSON summary under ``--out``.
+
+The demo says what each of its throughputs and energies counts, since they differ on
+purpose: the plan's *period* is its slowest pipeline stage (a stage busy while its input
+arrives), the *bottleneck* the compute per request on the busiest device (transfers not
+counted: a bound no stream beats), the served stream's throughput a replay of what ran in
+device time (transfers overlapping compute, fill and drain included). Every energy per
+request is active power while busy plus idle power (stated) over the rest of one
+request's own makespan, on the devices it used.
 """
 from __future__ import annotations
 
@@ -32,8 +40,9 @@ from graphs.errors import HetschedError
 
 from ..errors import CLIError
 from .common import (add_model_options, add_placement_options, check_out, cost_model, echo,
-                     float_range, fmt_s, fraction, graph_line, indent, int_range, make_cluster,
-                     make_policy, parse_devices, plan_tables, positive_int, simulate_module, ticker)
+                     energy_note, float_range, fmt_s, fraction, graph_line, indent, int_range,
+                     make_cluster, make_policy, parse_devices, plan_tables, positive_int,
+                     power_text, simulate_module, ticker)
 
 #: The most requests the demo streams.
 MAX_REQUESTS = 1_000_000
@@ -44,7 +53,16 @@ GEN_CONTEXT, GEN_PROMPT = 256, 48
 
 
 def add_parser(sub) -> None:
-    """Register ``demo`` on the top-level subparsers ``sub``."""
+    """Register ``demo`` on the top-level subparsers ``sub``.
+
+    Example:
+        >>> import argparse
+        >>> sub = argparse.ArgumentParser(prog="hetsched").add_subparsers()
+        >>> add_parser(sub)
+        >>> a = sub.choices["demo"].parse_args(["--model", "tiny", "--requests", "16", "--no-1b"])
+        >>> a.model, a.requests, a.big, a.gate, a.out
+        ('tiny', 16, False, True, 'out/demo')
+    """
     p = sub.add_parser("demo", help="the reference decoder on a simulated NPU+GPU+CPU trio, served on Ray",
                        description=(
         "The main demo. Captures the reference decoder (openPangu-Embedded-style; 'small' by "
@@ -88,7 +106,16 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the seven steps of the demo (see the module docstring); returns 0."""
+    """Run the seven steps of the demo (see the module docstring); returns 0.
+
+    The output folder is checked before any work: a file there is refused at once.
+
+    Example:
+        >>> run(argparse.Namespace(out=__file__))
+        Traceback (most recent call last):
+        ...
+        scheduler.errors.CLIError: --out '...demo.py' is a file; give a folder
+    """
     check_out(args.out, "--out", folder=True)  # before any work
     import torch
 
@@ -96,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     import policies
     from graphs import models as M
 
-    from ..tables import compare_rows, format_table, stats_rows, to_dict
+    from ..tables import compare_rows, format_table, format_value, stats_rows, to_dict
     from ..trace import events_from_sim, gantt
 
     S = simulate_module()
@@ -131,9 +158,10 @@ def run(args: argparse.Namespace) -> int:
     echo("  " + graph_line(graph))
 
     # 2. policies compared
+    summary: dict[str, Any] = {}
     echo("", "[2/7] policies compared on this graph (cost-model predictions for one request; "
-             "bottleneck = work per request on the busiest device, the least time between "
-             "requests of a pipelined stream)")
+             "bottleneck = compute per request on the busiest device, transfers not counted: "
+             "the least time between requests any stream under that plan can reach)")
     cm = cost_model(cluster)
     plans = {}
     for pname in ("heft", "peft", "cpop", "pipeline", "auto"):
@@ -145,12 +173,19 @@ def run(args: argparse.Namespace) -> int:
     rows = compare_rows(plans)
     for r, p in zip(rows, plans.values()):
         r["bottleneck_s"] = S.bottleneck_bound(graph, p, cm)
-    echo(*indent([format_table(rows, ["policy", "makespan_s", "bottleneck_s", "energy_j", "devices"])]))
+    echo(*indent([format_table(rows, ["policy", "makespan_s", "bottleneck_s", "energy_j", "devices"]),
+                  f"energy: one request alone, idle power included (up to "
+                  f"{power_text(devices, cm, each=False)}; see step 3)"]))
+    summary["comparison"] = rows
 
     # 3. the plan
     plan = policy.place(graph, cluster, cm)
     echo("", f"[3/7] the plan served below: policy {plan.policy}, objective {plan.objective}")
-    echo(*indent(plan_tables(plan, graph, cluster)))
+    bottleneck = S.bottleneck_bound(graph, plan, cm)
+    echo(*indent(plan_tables(plan, graph, cluster)), "", *indent(_plan_numbers(plan, bottleneck, cm)))
+    summary["plan"] = {"plan": plan.to_dict(), "period_s": plan.period, "bottleneck_s": bottleneck,
+                       "energy_per_request_j": plan.energy, "idle_power_w": _watts(plan, cm, 1),
+                       "active_power_w": _watts(plan, cm, 0)}
     with open(os.path.join(args.out, "plan.json"), "w") as f:
         json.dump(plan.to_dict(), f, indent=1)
     sim_one = S.simulate(graph, plan, cm, cluster)
@@ -171,19 +206,29 @@ def run(args: argparse.Namespace) -> int:
             big_plan = policy.place(big, cluster, cm)
         except HetschedError as e:
             echo(f"  no plan for 1b on these devices: {e}")
+            summary["plan_1b"] = {"error": str(e)}
         else:
             sr = S.simulate_stream(big, big_plan, cm, [0.0] * 16, cluster, max_in_flight=4)
             served = sorted(c - a for c, a in zip(sr.completion, sr.admitted))
+            median = served[len(served) // 2]
             echo(*indent(plan_tables(big_plan, big, cluster)),
                  f"  simulated stream of 16 requests, 4 in flight: throughput {sr.throughput:.4g} "
-                 f"requests/s, latency from admission {fmt_s(served[len(served) // 2])} (median)")
+                 f"requests/s, latency from admission {fmt_s(median)} (median)",
+                 *indent([_stream_vs_period(sr.throughput, big_plan.period, 16)]))
+            summary["plan_1b"] = {
+                "plan": big_plan.to_dict(), "period_s": big_plan.period,
+                "bottleneck_s": S.bottleneck_bound(big, big_plan, cm),
+                "energy_per_request_j": big_plan.energy,
+                "stream": {"requests": 16, "in_flight": 4, "throughput_per_s": sr.throughput,
+                           "latency_from_admission_p50_s": median, "span_s": sr.span,
+                           "energy_per_request_j": sr.energy_per_request}}
     else:
         echo("", "[4/7] 1b placement skipped (--no-1b)")
+        summary["plan_1b"] = None
 
     # 5. serve on Ray
     from ..runtime import Runtime
 
-    summary: dict[str, Any] = {}
     own_ray, which_ray = _start_ray(args, devices)
     echo("", f"[5/7] serve: {which_ray}, one executor actor per device, {args.requests} requests "
              f"through Runtime.submit ({args.in_flight} in flight)")
@@ -221,8 +266,11 @@ def run(args: argparse.Namespace) -> int:
                     f"      latency of one request {fmt_s(st.sim_makespan_p50)} (median; the plan predicted "
                     f"{fmt_s(rt.plan.makespan)})",
                     "      throughput " + ("-" if sim_tput is None else f"{sim_tput:.4g} requests/s")
-                    + " (device-time replay of the stream)",
-                    "      energy per request " + ("-" if e is None else f"{e * 1e3:.3f} mJ")]
+                    + f" (device-time replay of the {args.requests} served requests, each device running its calls back to back)",
+                    *_replay_note(sim_tput, plan, bottleneck),
+                    "      energy per request " + ("-" if e is None else format_value("energy_j", e)),
+                    f"        (each request alone, as the plan's {format_value('energy_j', plan.energy)}: "
+                    f"idle power {power_text(used, cm)} over the rest of its own latency)"]
                    if any(d.startswith("sim:") for d in used) else
                    ["    no simulated device in this plan: device time is the wall time below"]),
                  "    on this machine (wall time: real computation on this CPU, Ray messaging included):",
@@ -235,11 +283,13 @@ def run(args: argparse.Namespace) -> int:
                  "way: Runtime(policies.gating.attach_exits(model, [k]), ..., gate=..., exit_depth=k))", "",
                  *indent([format_table(stats_rows(st), ["device", "busy_simulated_s", "busy_wall_s",
                                                          "utilisation_wall"])], "    "))
-            summary["decoder"] = {"model": name, "plan": plan.to_dict(), "stats": to_dict(st),
-                                  "simulated_throughput_per_s": sim_tput, "max_abs_diff": diff}
+            summary["decoder"] = {"model": name, "plan": rt.plan.to_dict(), "stats": to_dict(st),
+                                  "simulated_throughput_per_s": sim_tput, "max_abs_diff": diff,
+                                  "idle_power_w": _watts(rt.plan, cm, 1)}
         finally:
             rt.shutdown()
-        files = [(plan_png, "Gantt chart of the plan for one request (bars = layers, by op kind)"),
+        files = [(plan_png, "Gantt chart of the plan for one request (bars = layers, by op kind; "
+                            "inputs and outputs take no time and are not drawn)"),
                  (run_png, "Gantt chart of the served stream (bars = partition calls, by request)"),
                  (trace, "Perfetto trace of the stream in simulated device time"),
                  (wall_trace, "the same in wall time on this machine"),
@@ -272,6 +322,59 @@ def run(args: argparse.Namespace) -> int:
          "  open a trace at https://ui.perfetto.dev (drag the file in) or chrome://tracing",
          f"demo finished in {time.perf_counter() - t_start:.1f} s")
     return 0
+
+
+def _watts(plan: Any, cm: Any, k: int) -> dict[str, float] | None:
+    """Device -> active (``k`` 0) or idle (``k`` 1) watts of the devices ``plan`` uses."""
+    out = {}
+    for d in plan.devices_used:
+        p = cm.power(d)
+        if p is None:
+            return None
+        out[d] = float(p[k])
+    return out
+
+
+def _plan_numbers(plan: Any, bottleneck: float, cm: Any) -> list[str]:
+    """What the plan's throughput and energy figures count, one or two lines each."""
+    per = 1 / bottleneck if bottleneck > 0 else float("inf")
+    lines = ["what these numbers count:"]
+    if plan.period is not None:
+        lines.append(f"  period {fmt_s(plan.period)} ({1 / plan.period:.4g} requests/s): the plan's "
+                     "slowest pipeline stage, a stage counted busy while its input arrives")
+    else:
+        lines.append(f"  no period: policy {plan.policy} plans one request at a time, not a pipeline")
+    lines += [f"  bottleneck {fmt_s(bottleneck)} ({per:.4g} requests/s): compute per request on the "
+              "busiest device, transfers not counted; no stream under this plan is faster",
+              *indent(energy_note(plan, cm))]
+    return lines
+
+
+def _stream_vs_period(tput: float, period: float | None, n: int) -> str:
+    """Why a simulated stream's throughput differs from the plan's period."""
+    if period is None:
+        return ("(a discrete-event simulation of the stream; this plan has no period to compare "
+                "with)")
+    rate = 1 / period
+    why = ("transfers overlap compute there, while the period counts a stage busy while its "
+           "input arrives" if tput >= rate else
+           f"a {n}-request stream includes the pipeline's fill and drain")
+    return (f"(a discrete-event simulation; {'above' if tput >= rate else 'below'} the period's "
+            f"{rate:.4g} requests/s: {why})")
+
+
+def _replay_note(tput: float | None, plan: Any, bottleneck: float) -> list[str]:
+    """Why the replayed stream's throughput differs from the plan's period and bottleneck."""
+    if tput is None:
+        return []
+    parts = []
+    if plan.period is not None:
+        parts.append(f"the period's {1 / plan.period:.4g}/s counts a stage busy while its input "
+                     "arrives")
+    if bottleneck > 0 and tput <= (1 + 1e-9) / bottleneck:
+        parts.append(f"the bottleneck's {1 / bottleneck:.4g}/s bounds any stream")
+    return ["        (transfers overlap compute, fill and drain included"
+            + "".join(f"; {x}" for x in parts) + ")"]
 
 
 def _start_ray(args: argparse.Namespace, devices: Sequence[str]) -> tuple[bool, str]:
@@ -313,6 +416,13 @@ def _stream(rt: Any, inputs: Sequence[tuple]) -> tuple[list, list]:
     return futs, outs
 
 
+def _partition_caption(rt: Any) -> str:
+    """One line naming what each partition ``p<k>`` of ``rt`` holds, for a Gantt chart."""
+    from ..tables import nodes_label
+
+    return "; ".join(f"p{p.id} = {nodes_label(p.nodes, rt.graph)}" for p in rt.partitioned.parts)
+
+
 def _stream_pictures(rt: Any, png: str, trace: str, wall_trace: str, title: str) -> float | None:
     """Gantt chart (first 12 requests) and traces of a served stream; returns the stream's
     throughput in simulated device time (None without events)."""
@@ -323,7 +433,7 @@ def _stream_pictures(rt: Any, png: str, trace: str, wall_trace: str, title: str)
         return None
     r0 = min((ev.request for ev in events if ev.request is not None), default=0)
     shown = [ev for ev in events if ev.request is not None and ev.request < r0 + 12]
-    gantt(shown, png, title=title, time_unit="ms", color_by="request")
+    gantt(shown, png, title=title, time_unit="ms", color_by="request", caption=_partition_caption(rt))
     rt.write_trace(trace, time="simulated")
     rt.write_trace(wall_trace, time="wall")
     span = max(e.end for e in events) - min(e.start for e in events)
@@ -345,16 +455,17 @@ def _gate_step(args: argparse.Namespace, devices: Sequence[str], policy: Any) ->
                                  load_or_train)
 
     from ..runtime import Runtime
-    from ..tables import format_table, partition_rows, to_dict
+    from ..tables import format_table, format_value, partition_rows, to_dict
 
     if not D.fashion_mnist_available():
         echo("", "[6/7] early exit: skipped, the Fashion-MNIST files are not installed (`make data` "
                  "installs the Debian package dataset-fashion-mnist); no exit rate to report")
         return None, []
     depth = DEMO_EXIT_DEPTH
-    echo("", "[6/7] early exit with the gate on: an early-exit CNN (graphs.vision.ExitCNN, exits after "
-             "stages 1-3) classifying Fashion-MNIST images; a max-softmax gate after stage "
-             f"{depth} lets confident requests return from the shallow partition")
+    echo("", "[6/7] early exit with the gate on: an early-exit CNN (graphs.vision.ExitCNN: four "
+             "stages, stages.0-3, with an exit head after each of the first three) classifying "
+             f"Fashion-MNIST images; a max-softmax gate after the first {depth} stages "
+             f"(exit@{depth}) lets confident requests return from the shallow partition")
     with ticker("loading Fashion-MNIST and the early-exit CNN (trained once, then cached)"):
         splits = D.fashion_mnist_splits()
         cfg = TrainConfig(**DEMO_GATE_CONFIG)
@@ -380,7 +491,7 @@ def _gate_step(args: argparse.Namespace, devices: Sequence[str], policy: Any) ->
                       exit_depth=depth, ray_address=args.ray_address, max_in_flight=args.in_flight,
                       pace=args.pace)
     try:
-        echo(*indent([format_table(partition_rows(grt.partitioned, grt.predicted),
+        echo(*indent([format_table(partition_rows(grt.partitioned, grt.predicted, grt.graph),
                                     ["partition", "device", "nodes", "flops", "predicted_s"])]))
         futs, outs = _stream(grt, [(xs[k:k + 1],) for k in range(n)])
         served = torch.cat([o.argmax(1) for o in outs])
@@ -408,10 +519,14 @@ def _gate_step(args: argparse.Namespace, devices: Sequence[str], policy: Any) ->
          "    compute saved " + ("-" if st.compute_saved is None else f"{st.compute_saved:.1%}")
          + " of the plain model's FLOPs (exit head and gate included)",
          "    wall latency by path (median): " + ", ".join(f"{k} {fmt_s(v)}" for k, v in paths.items()),
-         "    energy per request on the simulated devices " + ("-" if e is None else f"{e * 1e3:.3f} mJ"))
+         "    energy per request on the simulated devices " + ("-" if e is None else format_value("energy_j", e))
+         + " (each request alone: active power while busy + idle power over the rest of its latency,",
+         f"      on the devices it ran on, idle power up to {power_text(grt.plan.devices_used, grt.cost_model)}; "
+         "an exited request never wakes the deep path's)")
     summary = {"threshold": cal.threshold, "calibration": to_dict(cal), "exit_depth": depth,
                "requests": n, "exited": exited, "accuracy_served": acc_served,
-               "accuracy_full_model": acc_full, "plan": grt.plan.to_dict(), "stats": to_dict(st)}
+               "accuracy_full_model": acc_full, "plan": grt.plan.to_dict(), "stats": to_dict(st),
+               "partitions": partition_rows(grt.partitioned, grt.predicted)}
     files = [(png, "Gantt chart of the gated stream (exited requests skip the deep path)"),
              (trace, "Perfetto trace of the gated stream in simulated device time"),
              (wall_trace, "the same in wall time")]
@@ -423,6 +538,7 @@ def _generate_step(args: argparse.Namespace) -> tuple[dict | None, list]:
     """Step 7: SmolLM2-135M (real weights) generating through the runtime on two CPU executors."""
     from graphs.decoding import generate_local
     from graphs.models import example_inputs
+    from graphs.units import format_bytes
 
     from ..runtime import Runtime
 
@@ -482,8 +598,8 @@ def _generate_step(args: argparse.Namespace) -> tuple[dict | None, list]:
              f"{st.mean_decode_batch:.2f} sequences per decode step (continuous batching)",
              *(f"    {q!r} -> {r.text.strip()[:70]!r}" for q, r in zip(prompts, res)))
         kv = rt.kv_stats()
-        echo("  KV caches after the requests: " + ", ".join(f"{d} {v['sequences']} sequences, {v['bytes']} bytes"
-                                                          for d, v in kv.items()))
+        echo("  KV caches after the requests: " + ", ".join(
+            f"{d} {v['sequences']} sequences, {format_bytes(v['bytes'])}" for d, v in kv.items()))
         png = os.path.join(args.out, "generate_gantt.png")
         rt.write_generation_gantt(png, last=40)
         summary = {"model": "smollm2-135m", "prompt": question, "text": tok.decode(got),

@@ -47,7 +47,16 @@ _FORWARD_ONLY = {"seq_len": ("--seq-len", 32, "--prompt-len"), "batch": ("--batc
 
 
 def add_parser(sub) -> None:
-    """Register ``place`` on the top-level subparsers ``sub``."""
+    """Register ``place`` on the top-level subparsers ``sub``.
+
+    Example:
+        >>> import argparse
+        >>> sub = argparse.ArgumentParser(prog="hetsched").add_subparsers()
+        >>> add_parser(sub)
+        >>> a = sub.choices["place"].parse_args(["--model", "1b", "--phase", "decode", "--max-batch", "4"])
+        >>> a.model, a.phase, a.max_batch, a.policy, a.func is run
+        ('1b', 'decode', 4, 'heft', True)
+    """
     p = sub.add_parser("place", help="place a model or graph file on devices; print the plan",
                        description=(
         "Capture a reference decoder config on the meta device (no weights allocated, so 1b "
@@ -83,7 +92,21 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Place the model or graph of ``args`` and print the plan (tables or JSON); returns 0."""
+    """Place the model or graph of ``args`` and print the plan (tables or JSON); returns 0.
+
+    Tables name each column by its quantity, each value carrying its unit (``busy``
+    ``2.308 ms``); the JSON document keeps raw SI numbers, the unit in the key
+    (``"busy_s": 0.002308``).
+
+    Example:
+        >>> from scheduler.cli import build_parser
+        >>> run(build_parser().parse_args(["place", "--model", "tiny"]))  # doctest: +ELLIPSIS
+        tiny: 8 nodes at layer granularity, ...
+        devices (predicted busy time and peak memory of one request):
+        device              kind  nodes  busy       utilisation  memory     capacity
+        ...
+        0
+    """
     if args.out is not None:  # an empty name too is refused, before any work
         check_out(args.out, "--out", folder=False)
     if getattr(args, "phase", None):
@@ -130,6 +153,13 @@ def workload(args: argparse.Namespace) -> tuple[Any, dict[str, int]]:
         CLIError: a graph file, a forward-graph option (``--seq-len``, ``--batch``,
             ``--granularity``), or a context that does not hold the workload or exceeds the
             config's positions.
+
+    Example:
+        >>> from scheduler.cli import build_parser
+        >>> cfg, work = workload(build_parser().parse_args(
+        ...     ["place", "--phase", "decode", "--model", "tiny", "--prompt-len", "16", "--new-tokens", "8"]))
+        >>> cfg.name, work
+        ('tiny', {'prompt_len': 16, 'new_tokens': 8, 'max_batch': 1, 'max_context': 24, 'itemsize': 4})
     """
     from graphs import models as M
 
@@ -166,6 +196,19 @@ def phase_rows(plan: Any, config: Any, cluster: Any, base_cost: Any, phase: str 
     ``time_s`` is a prefill step (``tokens`` = the prompt), a decode step (``tokens`` = the
     batch) or, for ``mix``, a request's device work: 1 prefill + new_tokens / max_batch
     decode steps (``tokens`` = the new tokens).
+
+    Example:
+        >>> import policies
+        >>> from graphs import models as M
+        >>> from policies.phase import place_phase
+        >>> from scheduler.cli.common import cost_model, make_cluster
+        >>> c = make_cluster(["sim:atlas-200i-a2", "sim:edge-cpu-a76"])
+        >>> cfg, work = M.get_config("tiny"), dict(prompt_len=16, new_tokens=8, max_batch=2,
+        ...                                        max_context=24, itemsize=4)
+        >>> plan, _, _ = place_phase(policies.get("heft"), cfg, c, cost_model(c), "decode", **work)
+        >>> rows = phase_rows(plan, cfg, c, cost_model(c), "decode", work)
+        >>> sorted(rows), rows["decode"]["tokens"], rows["decode"]["time_s"] == plan.makespan
+        (['decode', 'mix', 'prefill'], 2, True)
     """
     from graphs.decoding import block_names
     from policies import list_schedule
@@ -192,7 +235,17 @@ def phase_rows(plan: Any, config: Any, cluster: Any, base_cost: Any, phase: str 
 
 
 def phase_lines(rows: dict[str, dict[str, Any]], phase: str, work: dict[str, int]) -> list[str]:
-    """One line per phase of :func:`phase_rows` (the placed one marked)."""
+    """One line per phase of :func:`phase_rows` (the placed one marked).
+
+    Example:
+        >>> rows = {ph: {"time_s": 0.01, "tokens_per_s": 100.0, "energy_per_token_j": 0.002}
+        ...         for ph in ("prefill", "decode", "mix")}
+        >>> print("\\n".join(phase_lines(rows, "decode", {"prompt_len": 16, "new_tokens": 8,
+        ...                                               "max_batch": 1})[:3]))
+        each phase with this split (one step at a time on the devices):
+          prefill: a 16-token prompt in 10.000 ms per step, 100 tokens/s, 2.000 mJ per token
+          decode (placed for): 1 sequence x 1 token at context 20 in 10.000 ms per step, 100 tokens/s, 2.000 mJ per token
+    """
     from ..tables import format_value
 
     def energy(r: dict) -> str:
@@ -223,7 +276,16 @@ def _seqs(b: int) -> str:
 def shard_rows(config: Any, assignment: Any) -> list[dict[str, Any]]:
     """The shards of ``assignment`` (:func:`graphs.decoding.shard_ranges`) as rows:
     ``device``, ``start``, ``stop`` (block indices, ``stop`` exclusive), ``blocks`` (count),
-    ``first`` and ``last`` (block names)."""
+    ``first`` and ``last`` (block names).
+
+    Example:
+        >>> from graphs import models as M
+        >>> from graphs.decoding import block_names
+        >>> cfg = M.get_config("tiny")
+        >>> rows = shard_rows(cfg, {n: "x" if i < 2 else "y" for i, n in enumerate(block_names(cfg))})
+        >>> [(r["device"], r["start"], r["stop"], r["first"], r["last"]) for r in rows]
+        [('x', 0, 2, 'embed_tokens', 'layers.0'), ('y', 2, 5, 'layers.1', 'lm_head')]
+    """
     from graphs.decoding import block_names, shard_ranges
 
     names = block_names(config)
@@ -233,7 +295,17 @@ def shard_rows(config: Any, assignment: Any) -> list[dict[str, Any]]:
 
 def run_phase(args: argparse.Namespace) -> int:
     """``place --phase``: place a decoder config for a generation phase and print the plan,
-    the shards and each phase's time per step and tokens/s (or all of it as JSON)."""
+    the shards and each phase's time per step and tokens/s (or all of it as JSON).
+
+    Example:
+        >>> from scheduler.cli import build_parser
+        >>> run_phase(build_parser().parse_args(["place", "--phase", "prefill", "--model", "tiny",
+        ...     "--devices", "sim:atlas-200i-a2,sim:edge-cpu-a76"]))  # doctest: +ELLIPSIS
+        tiny:prefill: ...
+        shards (maximal runs of consecutive blocks on one device):
+        ...
+        0
+    """
     from policies.phase import place_phase
 
     from ..tables import device_rows, format_table, format_value

@@ -17,14 +17,28 @@ from .common import echo
 
 
 def add_parser(sub) -> None:
-    """Register ``policies`` on the top-level subparsers ``sub``."""
+    """Register ``policies`` on the top-level subparsers ``sub``.
+
+    Example:
+        >>> sub = argparse.ArgumentParser(prog="hetsched").add_subparsers()
+        >>> add_parser(sub)
+        >>> sub.choices["policies"].parse_args([]).func is run
+        True
+    """
     p = sub.add_parser("policies", help="list the placement policies",
                        description="List the registered placement policies with one line each.")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print every registered policy with its description; returns 0."""
+    """Print every registered policy with its description; returns 0.
+
+    Example:
+        >>> run(argparse.Namespace()) == 0  # doctest: +ELLIPSIS
+        auto ...
+        heft ...
+        True
+    """
     import policies
 
     avail = policies.available()

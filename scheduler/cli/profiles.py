@@ -25,7 +25,15 @@ MAX_THREADS = 1024
 
 
 def add_parser(sub) -> None:
-    """Register ``profiles`` and its actions on the top-level subparsers ``sub``."""
+    """Register ``profiles`` and its actions on the top-level subparsers ``sub``.
+
+    Example:
+        >>> sub = argparse.ArgumentParser(prog="hetsched").add_subparsers()
+        >>> add_parser(sub)
+        >>> a = sub.choices["profiles"].parse_args(["calibrate", "--quick"])
+        >>> a.quick, a.out, a.func is run_calibrate
+        (True, 'out/host-cpu.toml', True)
+    """
     p = sub.add_parser("profiles", help="device profiles: list, show, calibrate this host",
                        description=(
         "Device profiles are data files (TOML) with the source of every number; a simulated "
@@ -53,8 +61,19 @@ def add_parser(sub) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    """``profiles list``: one row per built-in profile with its headline numbers."""
+    """``profiles list``: one row per built-in profile with its headline numbers (memory in
+    binary units, as the plan tables print capacity).
+
+    Example:
+        >>> run_list(argparse.Namespace())  # doctest: +ELLIPSIS
+        profile  ...  memory  ...
+        ...
+        atlas-200i-a2 ... 7.45 GiB ...
+        ...
+        0
+    """
     from executors import profiles
+    from graphs.units import format_bytes
 
     from ..tables import format_table
 
@@ -67,7 +86,7 @@ def run_list(args: argparse.Namespace) -> int:
             row[col] = f"{v / 1e12:.3g} {'TOP/s' if col == 'int8' else 'TFLOP/s'}" if v else "-"
         rows.append({**row,
                      "bandwidth": f"{s.mem_bandwidth / 1e9:.4g} GB/s",
-                     "memory": f"{s.mem_capacity / 1e9:.4g} GB",
+                     "memory": format_bytes(s.mem_capacity),
                      "power": f"{s.active_power:g} W" if s.active_power else "-",
                      "description": s.description})
     echo(format_table(rows), "", "`hetsched profiles show NAME` gives the source of every number; "
@@ -76,7 +95,13 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    """``profiles show NAME``: the profile with the source of every number."""
+    """``profiles show NAME``: the profile with the source of every number.
+
+    Example:
+        >>> run_show(argparse.Namespace(profile="edge-cpu-a76"))  # doctest: +ELLIPSIS
+        edge-cpu-a76 ...
+        0
+    """
     from executors import profiles
 
     echo(profiles.show(args.profile))
@@ -84,7 +109,14 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    """``profiles calibrate``: measure this machine's CPU and write a profile file."""
+    """``profiles calibrate``: measure this machine's CPU and write a profile file.
+
+    Example:
+        >>> run_calibrate(argparse.Namespace(out="host.txt", quick=True, threads=None))
+        Traceback (most recent call last):
+        ...
+        scheduler.errors.CLIError: --out 'host.txt': a profile file must end in .toml or .json
+    """
     from executors.calibrate import calibrate
 
     out = args.out

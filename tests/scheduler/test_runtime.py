@@ -13,7 +13,7 @@ from graphs.errors import UnknownNameError
 from scheduler.errors import (InputSignatureError, RequestFailed, RequestTimeout, RuntimeClosedError,
                               SubmitTimeout)
 from scheduler.runtime import InputSignature, Runtime, build_cluster
-from scheduler.stats import (Measurement, RequestRecord, StatsRecorder, dag_makespan, percentile,
+from scheduler.stats import (CallRecord, RequestRecord, StatsRecorder, dag_makespan, percentile,
                              request_energy)
 
 TRIO = ["sim:atlas-200i-a2", "sim:jetson-orin-nx", "sim:edge-cpu-a76"]
@@ -61,7 +61,7 @@ class TestStats:
         rec = StatsRecorder(pace=2.0)
         for r in range(4):
             rec.add_submit(r)
-            rec.add_measurement(Measurement(r, 0, 0, "d", r, 0.25, 0.5, True))
+            rec.add_measurement(CallRecord(r, 0, 0, "d", r, 0.25, 0.5, True))
             rec.add_request(RequestRecord(r, float(r), r + 1.0, "completed", sim_makespan=0.25, energy=1.0))
         rec.add_request(RequestRecord(9, 0.0, 4.0, "timeout"))
         s = rec.summary(in_flight=3)
@@ -75,7 +75,7 @@ class TestStats:
         rec = StatsRecorder(history=10)
         for r in range(100):
             rec.add_request(RequestRecord(r, 0.0, 1.0, "completed"))
-            rec.add_measurement(Measurement(r, 0, 0, "d", 0.0, 1.0, 1.0, False))
+            rec.add_measurement(CallRecord(r, 0, 0, "d", 0.0, 1.0, 1.0, False))
         assert len(rec.requests()) == 10 and len(rec.measurements()) == 10
         assert rec.summary().completed == 100 and rec.summary().measurements == 100
 

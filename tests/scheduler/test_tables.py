@@ -13,7 +13,8 @@ from policies.plan import Plan
 from scheduler.errors import MissingDependencyError, SchedulerError
 from scheduler.simulate import simulate, simulate_stream
 from scheduler.stats import RequestRecord, StatsRecorder
-from scheduler.tables import (compare_rows, device_rows, format_table, format_value, node_rows,
+from scheduler.tables import (ROOT_LABEL, ROOT_NOTE, column_header, compare_rows, device_rows,
+                              format_table, format_value, node_label, node_rows, nodes_label,
                               partition_rows, sim_rows, stats_rows, to_dict, to_frame)
 
 
@@ -168,3 +169,68 @@ class TestFormat:
     def test_unknown_column(self):
         with pytest.raises(SchedulerError, match="'nope' are in no row; columns present: a"):
             format_table([{"a": 1}], ["nope"])
+
+
+class TestHeaders:
+    """Table headers name the quantity; the cells carry the unit; row keys keep it."""
+
+    def test_headers_drop_the_unit_the_cells_carry(self, case):
+        _, plan = case
+        rows = device_rows(plan)
+        assert "busy_s" in rows[0] and "memory_bytes" in rows[0]  # rows (and JSON) keep raw SI keys
+        head, _, first, _ = format_table(rows, ["device", "busy_s", "memory_bytes"]).splitlines()
+        assert head.split() == ["device", "busy", "memory"]
+        assert first.split() == ["cpu", "2.000", "s", "24", "B"]
+
+    def test_compare_and_partition_headers(self, case):
+        _, plan = case
+        head = format_table(compare_rows({"mine": plan}), ["policy", "makespan_s", "energy_j"]).splitlines()[0]
+        assert head.split() == ["policy", "makespan", "energy"]
+        part = types.SimpleNamespace(id=0, device="npu", nodes=("a",), flops=10, param_bytes=4,
+                                     bytes_in=8, bytes_out=8)
+        rows = partition_rows(types.SimpleNamespace(parts=(part,)), {0: 0.001})
+        head = format_table(rows, ["partition", "param_bytes", "out_bytes", "predicted_s"]).splitlines()[0]
+        assert head.split() == ["partition", "params", "output", "predicted"]
+
+    @pytest.mark.parametrize("col, head", [
+        ("busy_s", "busy"), ("energy_per_token_j", "energy_per_token"), ("capacity_bytes", "capacity"),
+        ("tokens_per_s", "tokens"), ("in_bytes", "input"), ("utilisation_wall", "utilisation_wall"),
+        ("flops", "flops"), ("_s", "_s"), ("device", "device"),
+    ])
+    def test_column_header(self, col, head):
+        assert column_header(col) == head
+
+    def test_bytes_use_the_shared_helper(self):
+        from graphs.units import format_bytes
+
+        for v in (0, 1023, 1536, 942_538_752, 3 * 2 ** 40):
+            assert format_value("memory_bytes", v) == format_bytes(v)
+
+
+class TestNodeLabel:
+    def test_root_group_is_named_and_explained(self):
+        assert node_label(None, "(root)") == ROOT_LABEL == "(model-level ops)"
+        assert node_label(None, "(root)#2") == "(model-level ops #2)"
+        assert ROOT_NOTE.startswith(ROOT_LABEL) and "outside any submodule" in ROOT_NOTE
+
+    def test_exit_segments_say_what_they_hold(self):
+        g = nx.DiGraph([("input", "exit@1"), ("exit@1", "exit@3"), ("exit@3", "model.stages.3")])
+        g.nodes["exit@1"]["exit_depth"], g.nodes["exit@3"]["exit_depth"] = 1, 3
+        assert node_label(g, "exit@1") == "exit@1 (stages.0 + exit head + gate)"
+        assert node_label(g, "exit@3") == "exit@3 (stages.1-2 + exit head + gate)"
+        assert node_label(g, "model.stages.3") == "model.stages.3"
+
+    def test_a_wrapper_group_is_named_by_its_module(self):
+        g = nx.DiGraph()
+        g.add_node("model", op="group", module="model.head")
+        g.add_node("layers.0", op="group", module="layers.0")
+        g.add_node("lm_head", op="call_module", module="lm_head.sub")  # not a group: kept
+        assert [node_label(g, n) for n in g] == ["model.head", "layers.0", "lm_head"]
+
+    def test_partition_rows_label_only_with_a_graph(self):
+        part = types.SimpleNamespace(id=0, device="npu", nodes=("(root)", "embed_tokens"), flops=1,
+                                     param_bytes=0, bytes_in=0, bytes_out=0)
+        pm = types.SimpleNamespace(parts=(part,))
+        assert partition_rows(pm)[0]["nodes"] == "(root), embed_tokens"  # JSON keeps node ids
+        assert partition_rows(pm, graph=nx.DiGraph())[0]["nodes"] == "(model-level ops), embed_tokens"
+        assert nodes_label([f"layers.{k}" for k in range(5)]) == "layers.0, layers.1, ... layers.4 (5)"

@@ -144,3 +144,114 @@ class TestGantt:
         with pytest.raises(TraceError, match="no events to draw"):
             gantt([], tmp_path / "x.png")
         assert not (tmp_path / "x.png").exists()
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures gantt saves, kept (the Agg figure is otherwise gone once written)."""
+    from matplotlib.figure import Figure
+
+    figs = []
+    save = Figure.savefig
+
+    def keep(self, *a, **kw):
+        figs.append(self)
+        return save(self, *a, **kw)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figs
+
+
+def _bar_colours(fig):
+    """(row label, face colour as hex) of every bar of the chart."""
+    from matplotlib.colors import to_hex
+
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    out = []
+    for c in ax.collections:
+        for path, fc in zip(c.get_paths(), c.get_facecolors()):
+            y = path.vertices[:, 1].mean()
+            out.append((labels[round(y)], to_hex(fc)))
+    return out
+
+
+class TestGanttReadability:
+    def test_kind_colours_are_fixed_across_charts(self, tmp_path, drawn):
+        from matplotlib.colors import to_hex
+
+        from graphs.opgraph import OP_KINDS
+        from scheduler.trace import KIND_COLOURS
+
+        assert set(OP_KINDS) <= set(KIND_COLOURS) and "transfer" in KIND_COLOURS
+        a = [TraceEvent("x", "cpu", 0, 1, args={"kind": "matmul"}),
+             TraceEvent("y", "gpu", 1, 2, args={"kind": "norm"})]
+        b = [TraceEvent("y", "gpu", 0, 1, args={"kind": "norm"}),
+             TraceEvent("z", "npu", 1, 2, args={"kind": "attention"}),
+             TraceEvent("x", "cpu", 2, 3, args={"kind": "matmul"})]
+        gantt(a, tmp_path / "a.png", color_by="kind")
+        gantt(b, tmp_path / "b.png", color_by="kind")
+        for fig in drawn:
+            for row, colour in _bar_colours(fig):
+                kind = {"cpu": "matmul", "gpu": "norm", "npu": "attention"}[row]
+                assert colour == to_hex(KIND_COLOURS[kind])
+
+    def test_request_colours_do_not_depend_on_which_requests_are_shown(self, tmp_path, drawn):
+        ev = [TraceEvent("p0", f"d{r}", r, r + 1, request=r) for r in range(6)]
+        gantt(ev, tmp_path / "all.png", color_by="request")
+        gantt(ev[3:], tmp_path / "late.png", color_by="request")
+        full, late = (dict(_bar_colours(f)) for f in drawn)
+        assert all(late[d] == full[d] for d in late)
+
+    def test_placeholders_are_not_drawn(self, tmp_path, drawn):
+        ev = [TraceEvent("input_ids", "npu", 0, 0, args={"kind": "input"}),
+              TraceEvent("input_ids->layers.0", "npu->cpu", 0, 1e-6, category="transfer"),
+              TraceEvent("layers.0", "cpu", 1e-6, 1e-3, args={"kind": "group"}),
+              TraceEvent("output", "cpu", 1e-3, 1e-3, args={"kind": "output"})]
+        assert gantt(ev, tmp_path / "g.png", time_unit="ms") == 2
+        rows = [t.get_text() for t in drawn[0].axes[0].get_yticklabels()]
+        assert sorted(rows) == ["cpu", "npu->cpu"]  # no row for the input alone on the npu
+
+    def test_labels_are_never_cut_nor_overlap(self, tmp_path, drawn):
+        # a narrow transfer at the very start (its centred name used to be cut by the axes'
+        # edge: "ed_tokens->layers.0") and two narrow neighbours with long names
+        ev = [TraceEvent("embed_tokens->layers.0", "npu->gpu", 0.0, 0.06, category="transfer"),
+              TraceEvent("layers.0", "gpu", 0.06, 0.5, args={"kind": "group"}),
+              TraceEvent("model.stages.2", "cpu", 0.5, 0.54, args={"kind": "group"}),
+              TraceEvent("model.stages.3", "cpu", 0.54, 0.58, args={"kind": "group"}),
+              TraceEvent("lm_head", "cpu", 0.58, 1.0, args={"kind": "matmul"})]
+        gantt(ev, tmp_path / "g.png")
+        fig = drawn[0]
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        box = ax.get_window_extent(renderer)
+        texts = [t for t in ax.texts if t.get_text()]
+        assert {t.get_text() for t in texts} >= {"layers.0", "lm_head"}
+        boxes = [t.get_window_extent(renderer) for t in texts]
+        for t, bb in zip(texts, boxes):
+            assert box.x0 <= bb.x0 and bb.x1 <= box.x1, t.get_text()  # inside the axes: not cut
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                assert not a.overlaps(b)
+
+    def test_label_candidates_shorten_by_whole_names(self):
+        from scheduler.trace import label_candidates
+
+        assert label_candidates("embed_tokens->layers.0") == ["embed_tokens->layers.0", "->layers.0"]
+        assert label_candidates("layers.3.self_attn")[-1] == "3.self_attn"
+        assert label_candidates("(model-level ops)") == ["(model-level ops)", "model-level"]
+
+    def test_root_group_is_named_and_explained(self, tmp_path, drawn):
+        from scheduler.tables import ROOT_NOTE
+
+        g = nx.DiGraph([("(root)", "b")])
+        for n in g:
+            g.add_node(n, cost=1.0, kind="group")
+        g.edges["(root)", "b"]["data"] = 1.0
+        plan = manual_plan({"(root)": "cpu", "b": "gpu"}, {"cpu": ("(root)",), "gpu": ("b",)})
+        ev = events_from_sim(simulate(g, plan, TinyCost({"cpu": 1.0, "gpu": 1.0})), g)
+        assert {e.name for e in ev} == {"(model-level ops)", "b", "(model-level ops)->b"}
+        assert next(e for e in ev if e.device == "cpu").args["node"] == "(root)"
+        gantt(ev, tmp_path / "g.png", caption="p0 = (model-level ops)")
+        xlabel = drawn[0].axes[0].get_xlabel()
+        assert ROOT_NOTE in xlabel and "p0 = (model-level ops)" in xlabel
