@@ -23,8 +23,17 @@ __all__ += ["partition", "Partition", "PartitionedModel"]
 # vision models with early exits and the Fashion-MNIST loader
 from .datasets import (DatasetError, FashionMNIST, fashion_mnist_available, fashion_mnist_splits,  # noqa: E402
                        load_fashion_mnist)
-from .vision import ExitCNN, ExitCosts, ExitModel, ExitModelError, ExitViT, count_costs, vision_model  # noqa: E402
+from .exits import (ExitAdapterError, ExitCosts, ExitModel, ExitModelError, LayeredExits,  # noqa: E402
+                    check_adapter, count_costs)
+from .vision import ExitCNN, ExitViT, vision_model  # noqa: E402
 
-__all__ += ["ExitModel", "ExitCNN", "ExitViT", "ExitCosts", "ExitModelError", "count_costs", "vision_model",
+__all__ += ["ExitModel", "LayeredExits", "ExitAdapterError", "check_adapter", "ExitCNN", "ExitViT",
+            "ExitCosts", "ExitModelError", "count_costs", "vision_model",
             "DatasetError", "FashionMNIST", "load_fashion_mnist", "fashion_mnist_splits",
             "fashion_mnist_available"]
+
+# a byte-level text classifier with early exits and the fortunes language-id set
+from .text import ExitTextClassifier  # noqa: E402
+from .textdata import fortunes_available, load_language_id  # noqa: E402
+
+__all__ += ["ExitTextClassifier", "load_language_id", "fortunes_available"]

@@ -53,7 +53,15 @@ __all__ = ["block_names", "SequenceKV", "DecoderShard", "DecodingError", "shard_
 
 
 class DecodingError(GraphError, ValueError):
-    """A bad generation input or shard range (the message names the value and the valid range)."""
+    """A bad generation input or shard range (the message names the value and the valid range).
+
+    Example:
+        >>> from graphs.models import get_config
+        >>> check_prompt(get_config("tiny"), [], 4)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        graphs.decoding.DecodingError: ...
+    """
 
 
 def block_names(config: DecoderConfig) -> tuple[str, ...]:
@@ -319,6 +327,15 @@ def generate_local(model: Decoder, prompt: Sequence[int], max_new_tokens: int,
     Prefill once, then one decode step per token with the KV cache; stops after
     ``max_new_tokens`` or after emitting a token in ``stop_ids`` (which is kept).
     Returns the generated ids (the prompt excluded).
+
+    Example:
+        >>> from graphs.models import decoder
+        >>> torch.manual_seed(0) is not None
+        True
+        >>> m = decoder("tiny").eval()
+        >>> out = generate_local(m, [1, 2, 3], 4)
+        >>> len(out), out == generate_local(m, [1, 2, 3], 4)  # greedy: deterministic
+        (4, True)
     """
     c = model.config
     ids = check_prompt(c, prompt, max_new_tokens)

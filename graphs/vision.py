@@ -1,21 +1,9 @@
 """Layered vision models with early exits for 28x28 grayscale inputs (Fashion-MNIST).
 
-**The exit-model interface** (what the gating policy and the Runtime build on). An
-:class:`ExitModel` is a sequence of stages plus heads:
-
-* ``stages: nn.ModuleList`` -- run in order; the *hidden state after depth d* is the output
-  of ``stages[d - 1]`` (depth 0 is the input itself);
-* ``exits: nn.ModuleDict`` -- exit heads keyed by ``str(depth)``, each mapping the hidden
-  state after that depth to class logits (``1 <= depth < num_stages``);
-* ``head`` -- the final head, applied after the last stage.
-
-Methods: ``forward_until(x, depth) -> hidden``; ``forward_from(hidden, depth) -> final
-logits`` (continues where the shallow path left off: ``forward_from(forward_until(x, d), d)``
-equals ``forward(x)`` with no recomputation); ``exit_logits(hidden, depth)``;
-``forward_all(x) -> [exit logits in depth order..., final logits]`` (for training and
-evaluation) and ``forward_hidden(x)`` (the hidden states at the exits as well). :func:`count_costs` counts the FLOPs of every stage and head with
-:class:`torch.utils.flop_counter.FlopCounterMode` (counted, not estimated; it counts
-matmuls, convolutions and attention, not element-wise ops).
+Both are :class:`graphs.exits.ExitModel` s (the exit-model interface the gating policy and
+the Runtime build on; its base class, :func:`count_costs` and :class:`ExitCosts` are
+re-exported here): the state is the image or feature map itself, there is no stem, and the
+input check and example are a ``(batch, 1, 28, 28)`` float image.
 
 Models: :class:`ExitCNN` (a small VGG-style CNN with conv exit heads, as in BranchyNet) and
 :class:`ExitViT` (a small patch transformer with an exit after every block).
@@ -28,14 +16,10 @@ References:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from .errors import HetschedError
+from .exits import ExitCosts, ExitModel, ExitModelError, count_costs
 
 __all__ = ["ExitModelError", "ExitModel", "ExitCNN", "ExitViT", "ExitCosts", "count_costs",
            "VISION_MODELS", "vision_model"]
@@ -43,91 +27,21 @@ __all__ = ["ExitModelError", "ExitModel", "ExitCNN", "ExitViT", "ExitCosts", "co
 INPUT_SHAPE = (1, 28, 28)
 
 
-class ExitModelError(HetschedError, ValueError):
-    """Bad input to an exit model: wrong input shape, or a depth with no stage or exit."""
+class _ImageExitModel(ExitModel):
+    """The adapter shared by the 28x28 grayscale models: the input check and example."""
 
-
-class ExitModel(nn.Module):
-    """Base class of layered models with exits; subclasses set ``stages``, ``exits``, ``head``.
-
-    Example:
-        >>> m = ExitCNN().eval()
-        >>> x = torch.randn(2, 1, 28, 28)
-        >>> h = m.forward_until(x, 1)
-        >>> torch.allclose(m.forward_from(h, 1), m(x), atol=1e-5)
-        True
-        >>> [tuple(o.shape) for o in m.forward_all(x)]
-        [(2, 10), (2, 10), (2, 10), (2, 10)]
-    """
-
-    stages: nn.ModuleList
-    exits: nn.ModuleDict
-    head: nn.Module
-    num_classes: int = 10
-
-    @property
-    def num_stages(self) -> int:
-        """How many stages the full model runs."""
-        return len(self.stages)
-
-    @property
-    def exit_depths(self) -> list[int]:
-        """Depths that have an exit head, ascending."""
-        return sorted(int(k) for k in self.exits.keys())
-
-    def _check_input(self, x: torch.Tensor) -> None:
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise :class:`ExitModelError` unless ``x`` is a float tensor ``(batch, 1, 28, 28)``."""
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != INPUT_SHAPE:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ExitModelError(f"{type(self).__name__} expects input of shape (batch, 1, 28, 28); "
                                  f"got {shape}")
+        if not x.is_floating_point():
+            raise ExitModelError(f"{type(self).__name__} expects a floating-point image; got {x.dtype}")
 
-    def _check_depth(self, depth: int, exit_needed: bool = False) -> None:
-        if exit_needed:
-            if depth not in self.exit_depths:
-                raise ExitModelError(f"no exit head at depth {depth!r}; exits at {self.exit_depths}")
-        elif not isinstance(depth, int) or not 0 <= depth <= self.num_stages:
-            raise ExitModelError(f"depth {depth!r} out of range; valid depths are 0..{self.num_stages}")
-
-    def forward_until(self, x: torch.Tensor, depth: int) -> torch.Tensor:
-        """The hidden state after the first ``depth`` stages (the shallow path)."""
-        self._check_input(x)
-        self._check_depth(depth)
-        return self.run_stages(x, 0, depth)
-
-    def run_stages(self, hidden: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Stages ``start .. stop-1`` applied to the hidden state after ``start`` stages."""
-        for stage in self.stages[start:stop]:
-            hidden = stage(hidden)
-        return hidden
-
-    def forward_from(self, hidden: torch.Tensor, depth: int) -> torch.Tensor:
-        """Final logits from the hidden state after ``depth`` stages (the deep path)."""
-        self._check_depth(depth)
-        return self.head(self.run_stages(hidden, depth, self.num_stages))
-
-    def exit_logits(self, hidden: torch.Tensor, depth: int) -> torch.Tensor:
-        """Logits of the exit head at ``depth`` applied to the hidden state after ``depth``."""
-        self._check_depth(depth, exit_needed=True)
-        return self.exits[str(depth)](hidden)
-
-    def forward_all(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Logits of every exit (ascending depth) followed by the final logits."""
-        return self.forward_hidden(x)[1]
-
-    def forward_hidden(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """``(hiddens at exit depths, logits of every exit + final)`` in one pass."""
-        h, done, hid, outs = self.forward_until(x, 0), 0, [], []
-        for d in self.exit_depths:
-            h, done = self.run_stages(h, done, d), d
-            hid.append(h)
-            outs.append(self.exits[str(d)](h))
-        outs.append(self.forward_from(h, done))
-        return hid, outs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Final logits of the full model."""
-        self._check_input(x)
-        return self.forward_from(x, 0)
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        """``batch`` zero images ``(batch, 1, 28, 28)``."""
+        return torch.zeros(batch, *INPUT_SHAPE)
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -141,7 +55,7 @@ class _ConvHead(nn.Sequential):
                          nn.Linear(width * pool * pool, num_classes))
 
 
-class ExitCNN(ExitModel):
+class ExitCNN(_ImageExitModel):
     """A small VGG-style CNN with four stages and BranchyNet-style conv exit heads.
 
     Stages: ``conv(1->c0)+pool`` (14x14), ``conv(c0->c1)+pool`` (7x7), ``2 x conv(c1->c2)``,
@@ -223,7 +137,7 @@ class _TokenHead(nn.Module):
         return self.fc(self.norm(x).mean(1))
 
 
-class ExitViT(ExitModel):
+class ExitViT(_ImageExitModel):
     """A small ViT: non-overlapping ``patch x patch`` patches, ``depth`` pre-norm blocks,
     an exit (LayerNorm, token mean, linear) after every block but the last.
 
@@ -253,53 +167,6 @@ class ExitViT(ExitModel):
                 raise ExitModelError(f"ExitViT exit depth {d!r} invalid; valid depths: 1..{depth - 1}")
         self.exits = nn.ModuleDict({str(d): _TokenHead(dim, num_classes) for d in exits})
         self.head = _TokenHead(dim, num_classes)
-
-
-@dataclass(frozen=True)
-class ExitCosts:
-    """Counted FLOPs of one input (batch 1) through each part of an exit model."""
-
-    stage_flops: tuple[int, ...]  # FLOPs of stages[i]
-    exit_flops: dict[int, int]  # depth -> FLOPs of the exit head at that depth
-    head_flops: int  # FLOPs of the final head
-
-    @property
-    def full(self) -> int:
-        """FLOPs of the full model (all stages and the final head; no exit heads)."""
-        return sum(self.stage_flops) + self.head_flops
-
-    def until(self, depth: int) -> int:
-        """FLOPs of the first ``depth`` stages."""
-        return sum(self.stage_flops[:depth])
-
-
-def _flops(fn, *args) -> int:
-    with FlopCounterMode(display=False) as fc:
-        fn(*args)
-    return int(fc.get_total_flops())
-
-
-@torch.no_grad()
-def count_costs(model: ExitModel) -> ExitCosts:
-    """Count the FLOPs of every stage and head of ``model`` on one 28x28 input.
-
-    Example:
-        >>> c = count_costs(ExitViT(depth=2))
-        >>> len(c.stage_flops), sorted(c.exit_flops), c.full == sum(c.stage_flops) + c.head_flops
-        (2, [1], True)
-    """
-    was_training = model.training
-    model.eval()
-    x = torch.zeros(1, *INPUT_SHAPE)
-    stages, exits = [], {}
-    for d, stage in enumerate(model.stages, start=1):
-        stages.append(_flops(stage, x))
-        x = stage(x)
-        if str(d) in model.exits:
-            exits[d] = _flops(model.exits[str(d)], x)
-    head = _flops(model.head, x)
-    model.train(was_training)
-    return ExitCosts(tuple(stages), exits, head)
 
 
 VISION_MODELS = {"cnn": ExitCNN, "vit": ExitViT}

@@ -4,16 +4,19 @@ See :mod:`policies.gating.gates` (the gate interface, cascades, gated execution)
 :mod:`policies.gating.calibrate` (conservative threshold calibration) and
 :mod:`policies.gating.train` (BranchyNet joint or frozen-backbone training, cached).
 """
-from .calibrate import (BOUNDS, RISKS, Calibration, CalibrationError, budget_for_ratio, calibrate_cascade,
-                        calibrate_threshold, cascade_route, exit_losses, upper_bound)
+from .calibrate import (BOUNDS, RISKS, Calibration, CalibrationError, CalibrationWarning, budget_for_ratio,
+                        calibrate_cascade, calibrate_exits, calibrate_threshold, cascade_route, exit_losses,
+                        lower_bound, min_samples, net_upper_bound, upper_bound)
 from .gates import (Cascade, EntropyGate, Gate, GatedOutput, GatingError, LearnedGate, MaxSoftmaxGate,
-                    OracleGate, PatienceGate, available_gates, gate_flops, make_gate, pool_hidden,
+                    OracleGate, PatienceGate, available_gates, decision_inputs, gate_flops, make_gate, pool_hidden,
                     run_gated, softmax_stats)
 from .decoder import DecoderExits, attach_exits
-from .train import TrainConfig, evaluate_exits, load_or_train, train_exit_model
+from .train import EXIT_MODELS, TrainConfig, evaluate_exits, exit_model, fit_exits, load_or_train, train_exit_model
 
 __all__ = ["Gate", "MaxSoftmaxGate", "EntropyGate", "PatienceGate", "LearnedGate", "OracleGate", "Cascade",
            "GatedOutput", "GatingError", "available_gates", "make_gate", "pool_hidden", "softmax_stats",
            "run_gated", "gate_flops", "Calibration", "CalibrationError", "BOUNDS", "RISKS", "upper_bound",
            "budget_for_ratio", "exit_losses", "calibrate_threshold", "calibrate_cascade", "cascade_route",
-           "TrainConfig", "train_exit_model", "load_or_train", "evaluate_exits", "DecoderExits", "attach_exits"]
+           "calibrate_exits", "CalibrationWarning", "lower_bound", "net_upper_bound", "min_samples",
+           "decision_inputs",
+           "TrainConfig", "train_exit_model", "load_or_train", "fit_exits", "exit_model", "EXIT_MODELS", "evaluate_exits", "DecoderExits", "attach_exits"]

@@ -7,6 +7,20 @@ The quantity controlled is a per-sample 0/1 *loss of exiting*, averaged over *al
   right. The gated accuracy is at least the full accuracy minus the harm rate.
 * ``"disagreement"`` (label-free): the sample exits and the exit's prediction differs from
   the full model's. It bounds the harm rate from above.
+* ``"net"`` (needs labels): harm minus help (the sample exits and the exit is right where
+  the full model is wrong), -1/0/1 per sample. Its mean is exactly the accuracy lost
+  against the full model, the quantity users state as their target; certifying it rather
+  than harm alone credits the samples an exit gets right that the full model gets wrong,
+  which matters when deeper exits beat the last layer. Its bound
+  (:func:`net_upper_bound`) is the harm's upper bound minus the help's lower bound, each at
+  ``delta / 2`` (a union bound).
+
+Per-exit thresholds (:func:`calibrate_exits`) follow Learn-then-Test's recipe for a
+multi-dimensional parameter: one part of the calibration data *learns* an ordering of
+threshold vectors (a greedy path from "nothing exits" that lowers, at each step, the exit
+whose next threshold saves the most compute per unit of added risk), and the rest *tests*
+along that fixed sequence. The ordering never sees the test part, so the fixed-sequence
+guarantee holds for the chosen vector.
 
 A target "accuracy >= r x full accuracy" becomes the budget ``(1 - r) * full_accuracy``
 (:func:`budget_for_ratio`). Candidate thresholds are tested from the most conservative
@@ -26,6 +40,7 @@ References:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -36,15 +51,37 @@ from graphs.errors import UnknownNameError
 
 from ..errors import PolicyError
 
-__all__ = ["CalibrationError", "Calibration", "BOUNDS", "RISKS", "upper_bound", "budget_for_ratio",
-           "exit_losses", "calibrate_threshold", "calibrate_cascade", "cascade_route"]
+__all__ = ["CalibrationError", "CalibrationWarning", "Calibration", "BOUNDS", "RISKS", "upper_bound",
+           "lower_bound", "net_upper_bound", "budget_for_ratio", "exit_losses", "calibrate_threshold",
+           "calibrate_cascade", "calibrate_exits", "cascade_route", "min_samples"]
 
 BOUNDS = ("clopper-pearson", "hoeffding")
-RISKS = ("harm", "disagreement")
+RISKS = ("harm", "disagreement", "net")
 
 
 class CalibrationError(PolicyError):
-    """Calibration was asked something impossible (budget or delta out of range, bad shapes)."""
+    """Calibration was asked something impossible (budget or delta out of range, bad shapes),
+    or, with ``strict=True``, the budget cannot be certified with the data given.
+
+    Example:
+        >>> budget_for_ratio(0.9, 1.5)
+        Traceback (most recent call last):
+        ...
+        policies.gating.calibrate.CalibrationError: ratio must be in the open interval (0, 1); got 1.5
+    """
+
+
+class CalibrationWarning(UserWarning):
+    """Nothing could be certified: the calibrated gate never exits (the message says why).
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as w:
+        ...     warnings.simplefilter("always")
+        ...     c = calibrate_threshold(torch.rand(20), torch.zeros(20, dtype=torch.long), 0.01)
+        >>> w[0].category.__name__, c.certified
+        ('CalibrationWarning', False)
+    """
 
 
 def _check_unit(name: str, value: float) -> None:
@@ -89,12 +126,16 @@ def budget_for_ratio(full_accuracy: float, ratio: float) -> float:
 
 def exit_losses(exit_pred: torch.Tensor, final_pred: torch.Tensor, labels: torch.Tensor | None = None,
                 risk: str = "harm") -> torch.Tensor:
-    """The 0/1 loss each sample would incur if it exited (see module docstring).
+    """The loss each sample would incur if it exited (see module docstring): 0/1 for
+    ``"harm"`` and ``"disagreement"``; -1/0/1 for ``"net"`` (harm minus help: -1 where the
+    exit is right and the full model wrong).
 
     Example:
         >>> e, f, y = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 2, 2, 1]), torch.tensor([0, 2, 1, 3])
         >>> exit_losses(e, f, y).tolist(), exit_losses(e, f, risk="disagreement").tolist()
         ([0, 1, 0, 0], [0, 1, 0, 1])
+        >>> exit_losses(e, f, y, risk="net").tolist()
+        [0, 1, 0, -1]
     """
     if risk not in RISKS:
         raise UnknownNameError("risk", risk, RISKS)
@@ -104,22 +145,104 @@ def exit_losses(exit_pred: torch.Tensor, final_pred: torch.Tensor, labels: torch
     if risk == "disagreement":
         return (exit_pred != final_pred).long()
     if labels is None:
-        raise CalibrationError("risk 'harm' needs labels; use risk='disagreement' for unlabeled data")
-    return ((final_pred == labels) & (exit_pred != labels)).long()
+        raise CalibrationError(f"risk {risk!r} needs labels; use risk='disagreement' for unlabeled data")
+    harm = ((final_pred == labels) & (exit_pred != labels)).long()
+    if risk == "harm":
+        return harm
+    return harm - ((final_pred != labels) & (exit_pred == labels)).long()
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """A calibrated threshold and the evidence for it (on the calibration data)."""
+    """A calibrated threshold (or one per exit) and the evidence for it (on the calibration data).
 
-    threshold: float  # exit when score >= threshold (inf: never exit)
+    Example:
+        >>> c = calibrate_threshold(torch.linspace(0, 1, 1000), (torch.linspace(0, 1, 1000) < 0.3).long(), 0.05)
+        >>> c.certified, c.kind, c.vector == (c.threshold,), c.ucb <= c.budget
+        (True, 'harm', True, True)
+    """
+
+    threshold: float  # exit when score >= threshold (inf: never exit); per-exit: the first exit's
     budget: float  # the loss budget (absolute rate over all samples)
     delta: float  # allowed probability that the true risk exceeds the budget
     method: str  # the upper bound used ("clopper-pearson" or "hoeffding")
-    n: int  # calibration samples
+    n: int  # calibration samples the certificate rests on
     risk: float  # empirical risk at the threshold on the calibration data
-    ucb: float  # its upper confidence bound (<= budget unless threshold is inf)
+    ucb: float  # its upper confidence bound (<= budget unless nothing is certified)
     exit_rate: float  # fraction of calibration samples that exit (at any exit)
+    thresholds: tuple = ()  # per-exit thresholds (calibrate_exits), else ()
+    kind: str = "harm"  # the risk certified: "harm", "disagreement" or "net"
+    note: str = ""  # why nothing was certified, when nothing was
+
+    @property
+    def certified(self) -> bool:
+        """Whether any sample may exit (some threshold was certified)."""
+        return any(math.isfinite(t) for t in (self.thresholds or (self.threshold,)))
+
+    @property
+    def vector(self) -> tuple:
+        """The thresholds to route with: per exit if calibrated per exit, else the shared one."""
+        return self.thresholds or (self.threshold,)
+
+
+def lower_bound(count: int, n: int, delta: float, method: str = "clopper-pearson") -> float:
+    """A ``1 - delta`` lower confidence bound on a Bernoulli rate from ``count`` out of ``n``.
+
+    Example:
+        >>> lower_bound(0, 100, 0.05), round(lower_bound(50, 100, 0.05), 3)
+        (0.0, 0.414)
+    """
+    _check_unit("delta", delta)
+    if method not in BOUNDS:
+        raise UnknownNameError("bound", method, BOUNDS)
+    if n <= 0:
+        raise CalibrationError(f"need at least one calibration sample; got n={n}")
+    if method == "hoeffding":
+        return max(0.0, count / n - math.sqrt(math.log(1 / delta) / (2 * n)))
+    if count <= 0:
+        return 0.0
+    from scipy.stats import beta
+    return float(beta.ppf(delta, count, n - count + 1))
+
+
+def net_upper_bound(harm: int, help_: int, n: int, delta: float, method: str = "clopper-pearson") -> float:
+    """A ``1 - delta`` upper bound on the net loss rate (harm minus help) from counts.
+
+    The harm's upper bound minus the help's lower bound, each at level ``delta / 2``
+    (Bonferroni), so the pair holds together with probability at least ``1 - delta``.
+
+    Example:
+        >>> u = net_upper_bound(10, 30, 1000, 0.1)
+        >>> -0.02 < u < 0.0  # 1 % harm, 3 % help: a certified gain
+        True
+    """
+    return upper_bound(harm, n, delta / 2, method) - lower_bound(help_, n, delta / 2, method)
+
+
+def min_samples(budget: float, delta: float, method: str = "clopper-pearson") -> int:
+    """The fewest calibration samples with which a zero-loss threshold is certified within ``budget``.
+
+    Example:
+        >>> min_samples(0.005, 0.1)
+        460
+    """
+    _check_unit("budget", budget)
+    _check_unit("delta", delta)
+    if method == "hoeffding":
+        return math.ceil(math.log(1 / delta) / (2 * budget ** 2))
+    return math.ceil(math.log(delta) / math.log(1 - budget))
+
+
+def _bound(loss: np.ndarray, n: int, delta: float, method: str, kind: str) -> float:
+    if kind != "net":
+        return upper_bound(int((loss > 0).sum()), n, delta, method)
+    if method == "hoeffding":  # losses in [-1, 1]: range 2
+        return min(1.0, float(loss.sum()) / n + 2 * math.sqrt(math.log(1 / delta) / (2 * n)))
+    return net_upper_bound(int((loss > 0).sum()), int((loss < 0).sum()), n, delta, method)
+
+
+def _kind(losses: Sequence) -> str:
+    return "net" if any(bool((torch.as_tensor(l) < 0).any()) for l in losses) else "harm"
 
 
 def _candidates(scores: np.ndarray, max_candidates: int) -> np.ndarray:
@@ -129,25 +252,59 @@ def _candidates(scores: np.ndarray, max_candidates: int) -> np.ndarray:
     return u[::-1]  # most conservative (highest) first
 
 
-def _fixed_sequence(thresholds: np.ndarray, route, n: int, budget: float, delta: float,
-                    method: str) -> Calibration:
-    best = Calibration(math.inf, budget, delta, method, n, 0.0, 0.0, 0.0)
+def _uncertified(n: int, budget: float, delta: float, method: str, kind: str, first_ucb: float | None,
+                 thresholds: tuple = ()) -> Calibration:
+    need = min_samples(budget, delta, method)
+    if n < need:
+        why = (f"not certified: with n={n} calibration samples even a threshold with zero losses has an "
+               f"upper bound above the budget {budget:.4g} (delta {delta}, {method}); at least {need} "
+               "samples are needed")
+    elif first_ucb is None:
+        why = "not certified: no finite score to threshold"
+    else:
+        why = (f"not certified: the most conservative candidate threshold already has an upper bound of "
+               f"{first_ucb:.4g} on the {kind} risk, above the budget {budget:.4g} (delta {delta}, "
+               f"{method}); the gate's highest scores are not reliable enough, or more data is needed")
+    return Calibration(math.inf, budget, delta, method, n, 0.0, 0.0, 0.0,
+                       tuple(math.inf for _ in thresholds), kind, why)
+
+
+def _finish(cal: Calibration, strict: bool) -> Calibration:
+    if not cal.certified:
+        if strict:
+            raise CalibrationError(cal.note)
+        warnings.warn(cal.note + "; the gate will never exit", CalibrationWarning, stacklevel=3)
+    return cal
+
+
+def _fixed_sequence(thresholds: Sequence, route, n: int, budget: float, delta: float,
+                    method: str, kind: str, per_exit: bool = False) -> Calibration:
+    best, first_ucb = None, None
     for t in thresholds:
-        loss, exited = route(float(t))
-        k = int(loss.sum())
-        ucb = upper_bound(k, n, delta, method)
+        loss, exited = route(t)
+        ucb = _bound(loss, n, delta, method, kind)
+        if first_ucb is None:
+            first_ucb = ucb
         if ucb > budget:
             break
-        best = Calibration(float(t), budget, delta, method, n, k / n, ucb, float(exited.mean()))
+        vec = tuple(float(v) for v in t) if per_exit else ()
+        best = Calibration(vec[0] if per_exit else float(t), budget, delta, method, n,
+                           float(loss.sum()) / n, ucb, float(exited.mean()), vec, kind)
+    if best is None:
+        k = len(thresholds[0]) if per_exit and len(thresholds) else 0
+        return _uncertified(n, budget, delta, method, kind, first_ucb, tuple([0] * k))
     return best
 
 
 def calibrate_threshold(scores: torch.Tensor, losses: torch.Tensor, budget: float, delta: float = 0.1,
-                        method: str = "clopper-pearson", max_candidates: int = 400) -> Calibration:
+                        method: str = "clopper-pearson", max_candidates: int = 400, *,
+                        strict: bool = False) -> Calibration:
     """The lowest threshold (most exits) whose risk is certified within ``budget`` for one exit.
 
     ``scores[i]`` is the gate's score of sample ``i`` (exit when ``>= threshold``);
-    ``losses[i]`` is 1 when exiting sample ``i`` would cost accuracy (:func:`exit_losses`).
+    ``losses[i]`` is the loss exiting sample ``i`` would cost (:func:`exit_losses`; with
+    -1 entries the net risk is certified). When nothing can be certified the threshold is
+    ``inf`` and ``note`` says why (a :class:`CalibrationWarning`; ``strict=True`` raises).
 
     Example:
         >>> s = torch.linspace(0, 1, 1000)
@@ -156,37 +313,34 @@ def calibrate_threshold(scores: torch.Tensor, losses: torch.Tensor, budget: floa
         >>> c.ucb <= 0.05, c.risk <= 0.05, 0.2 < c.threshold < 0.3
         (True, True, True)
     """
-    return calibrate_cascade([scores], [losses], budget, delta, method, max_candidates)
+    return calibrate_cascade([scores], [losses], budget, delta, method, max_candidates, strict=strict)
 
 
-def cascade_route(scores: Sequence[torch.Tensor], threshold: float) -> torch.Tensor:
-    """Index of the first exit whose score is ``>= threshold`` per sample (``len(scores)``: none).
+def cascade_route(scores: Sequence[torch.Tensor], threshold: float | Sequence[float]) -> torch.Tensor:
+    """Index of the first exit whose score is ``>=`` its threshold per sample (``len(scores)``: none).
+
+    ``threshold`` is one value shared by every exit, or one per exit.
 
     Example:
-        >>> cascade_route([torch.tensor([0.9, 0.1, 0.2]), torch.tensor([0.0, 0.8, 0.3])], 0.5).tolist()
-        [0, 1, 2]
+        >>> s = [torch.tensor([0.9, 0.1, 0.2]), torch.tensor([0.0, 0.8, 0.3])]
+        >>> cascade_route(s, 0.5).tolist(), cascade_route(s, [0.95, 0.25]).tolist()
+        ([0, 1, 2], [2, 1, 1])
     """
     k = len(scores)
     s = torch.stack([torch.as_tensor(x, dtype=torch.float64).detach() for x in scores])  # (k, n)
-    passed = s >= threshold
+    if isinstance(threshold, (int, float)):
+        t = torch.full((k, 1), float(threshold), dtype=torch.float64)
+    else:
+        if len(threshold) != k:
+            raise CalibrationError(f"{len(threshold)} thresholds for {k} exits; give one per exit or one "
+                                   "shared value")
+        t = torch.tensor([float(v) for v in threshold], dtype=torch.float64)[:, None]
+    passed = s >= t
     first = torch.where(passed.any(0), passed.double().argmax(0), torch.full_like(passed[0], k, dtype=torch.long))
     return first.long()
 
 
-def calibrate_cascade(scores: Sequence[torch.Tensor], losses: Sequence[torch.Tensor], budget: float,
-                      delta: float = 0.1, method: str = "clopper-pearson", max_candidates: int = 400
-                      ) -> Calibration:
-    """One shared threshold for a cascade of exits, certified by fixed-sequence testing.
-
-    A sample leaves at the first exit whose score reaches the threshold
-    (:func:`cascade_route`) and then incurs that exit's loss.
-
-    Example:
-        >>> s1, s2 = torch.rand(2000, generator=torch.Generator().manual_seed(0)), torch.ones(2000)
-        >>> c = calibrate_cascade([s1, s2], [(s1 < 0.5).long(), torch.zeros(2000, dtype=torch.long)], 0.02)
-        >>> c.ucb <= 0.02 and c.exit_rate == 1.0
-        True
-    """
+def _check(scores: Sequence, losses: Sequence, budget: float, delta: float, method: str) -> int:
     _check_unit("budget", budget)
     _check_unit("delta", delta)
     if method not in BOUNDS:
@@ -199,12 +353,141 @@ def calibrate_cascade(scores: Sequence[torch.Tensor], losses: Sequence[torch.Ten
         if s.dim() != 1 or s.shape[0] != n or l.shape != s.shape:
             raise CalibrationError(f"scores and losses must all be 1-D of length {n}; got "
                                    f"{tuple(s.shape)} and {tuple(l.shape)}")
-    L = torch.stack([torch.as_tensor(l, dtype=torch.long) for l in losses] +
-                    [torch.zeros(n, dtype=torch.long)])  # no loss when nothing exits
+    if n == 0:
+        raise CalibrationError("need at least one calibration sample; got 0")
+    return n
+
+
+def _loss_table(losses: Sequence, n: int) -> torch.Tensor:
+    return torch.stack([torch.as_tensor(l, dtype=torch.long) for l in losses] +
+                       [torch.zeros(n, dtype=torch.long)])  # no loss when nothing exits
+
+
+def calibrate_cascade(scores: Sequence[torch.Tensor], losses: Sequence[torch.Tensor], budget: float,
+                      delta: float = 0.1, method: str = "clopper-pearson", max_candidates: int = 400, *,
+                      strict: bool = False) -> Calibration:
+    """One shared threshold for a cascade of exits, certified by fixed-sequence testing.
+
+    A sample leaves at the first exit whose score reaches the threshold
+    (:func:`cascade_route`) and then incurs that exit's loss. Losses with -1 entries
+    (``exit_losses(..., risk="net")``) certify the net accuracy loss.
+
+    Example:
+        >>> s1, s2 = torch.rand(2000, generator=torch.Generator().manual_seed(0)), torch.ones(2000)
+        >>> c = calibrate_cascade([s1, s2], [(s1 < 0.5).long(), torch.zeros(2000, dtype=torch.long)], 0.02)
+        >>> c.ucb <= 0.02 and c.exit_rate == 1.0
+        True
+    """
+    n = _check(scores, losses, budget, delta, method)
+    L, kind = _loss_table(losses, n), _kind(losses)
 
     def route(t: float):
         first = cascade_route(scores, t)
         return L.gather(0, first[None]).squeeze(0).numpy(), (first < len(scores)).numpy()
 
     allscores = torch.cat([torch.as_tensor(s, dtype=torch.float64).detach() for s in scores]).numpy()
-    return _fixed_sequence(_candidates(allscores, max_candidates), route, n, budget, delta, method)
+    cal = _fixed_sequence(list(_candidates(allscores, max_candidates)), route, n, budget, delta, method, kind)
+    return _finish(cal, strict)
+
+
+def calibrate_exits(scores: Sequence[torch.Tensor], losses: Sequence[torch.Tensor], budget: float,
+                    costs: Sequence[float], delta: float = 0.1, method: str = "clopper-pearson", *,
+                    learn: tuple | None = None, learn_fraction: float = 0.3, grid: int = 40, seed: int = 0,
+                    strict: bool = False) -> Calibration:
+    """One threshold per exit, certified by Learn-then-Test with a learned fixed sequence.
+
+    ``costs[j]`` is what a sample costs when it leaves at exit ``j`` (``costs[-1]``: the
+    full model; so ``len(costs) == len(scores) + 1``), e.g. counted FLOPs including the heads
+    evaluated on the way. A seeded ``learn_fraction`` of the samples learns the ordering: a
+    greedy path from "nothing exits" through a grid of ``grid`` score quantiles per exit,
+    each step lowering the exit whose next threshold saves the most cost per unit of added
+    empirical risk. The other samples test the path's vectors in order (fixed-sequence
+    testing); the last vector that passes is returned, certified on those samples only
+    (``n`` says how many). With ``learn=(scores, losses)`` from *other* data (disjoint from
+    the calibration samples, e.g. the data a learned gate was fitted on), the path is
+    learned there and every calibration sample tests it.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> s1, s2 = torch.rand(4000, generator=g), torch.rand(4000, generator=g)
+        >>> l1, l2 = (s1 < 0.6).long(), (s2 < 0.1).long()  # exit 1 is wrong below 0.6, exit 2 below 0.1
+        >>> c = calibrate_exits([s1, s2], [l1, l2], 0.02, costs=[1.0, 2.0, 4.0])
+        >>> c.ucb <= 0.02, 0.55 < c.thresholds[0] < 0.65, c.thresholds[1] < 0.1
+        (True, True, True)
+    """
+    n = _check(scores, losses, budget, delta, method)
+    k = len(scores)
+    if len(costs) != k + 1 or not all(isinstance(c, (int, float)) and math.isfinite(c) for c in costs):
+        raise CalibrationError(f"costs needs {k + 1} finite numbers (one per exit, then the full model); "
+                               f"got {list(costs)!r}")
+    if not 0.0 < learn_fraction < 1.0:
+        raise CalibrationError(f"learn_fraction must be in (0, 1); got {learn_fraction!r}")
+    if not isinstance(grid, int) or grid < 2:
+        raise CalibrationError(f"grid must be an integer >= 2; got {grid!r}")
+    kind = _kind(losses)
+    S = torch.stack([torch.as_tensor(x, dtype=torch.float64).detach() for x in scores]).numpy()  # (k, n)
+    L = _loss_table(losses, n).numpy()  # (k + 1, n)
+    C = np.asarray(costs, dtype=np.float64)
+    if learn is not None:
+        ls, ll = learn
+        m = _check(ls, ll, budget, delta, method)
+        if len(ls) != k:
+            raise CalibrationError(f"learn has scores for {len(ls)} exits; the calibration data for {k}")
+        path = _greedy_path(torch.stack([torch.as_tensor(x, dtype=torch.float64) for x in ls]).numpy(),
+                            _loss_table(ll, m).numpy(), C, grid)
+        St, Lt, nt = S, L, n
+    else:
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
+        n_learn = int(round(learn_fraction * n))
+        part, test = perm[:n_learn], perm[n_learn:]
+        if len(test) == 0 or len(part) == 0:
+            raise CalibrationError(f"n={n} samples are too few to split into learning and testing parts")
+        path = _greedy_path(S[:, part], L[:, part], C, grid)
+        St, Lt, nt = S[:, test], L[:, test], len(test)
+
+    def route(t):
+        passed = St >= np.asarray(t)[:, None]
+        first = np.where(passed.any(0), passed.argmax(0), k)
+        return Lt[first, np.arange(nt)], first < k
+
+    cal = _fixed_sequence(path, route, nt, budget, delta, method, kind, per_exit=True)
+    return _finish(cal, strict)
+
+
+def _greedy_path(S: np.ndarray, L: np.ndarray, C: np.ndarray, grid: int) -> list[tuple]:
+    """Threshold vectors from all-inf down, one exit lowered a grid step at a time (see above)."""
+    k, n = S.shape
+    levels = []
+    for j in range(k):
+        finite = S[j][np.isfinite(S[j])]
+        q = np.unique(np.quantile(finite, np.linspace(0, 1, grid))) if finite.size else np.array([])
+        levels.append(np.concatenate([[np.inf], q[::-1]]))  # from inf down to the lowest score
+    pos = [0] * k
+    idx = np.arange(n)
+
+    def evaluate(p):
+        t = np.array([levels[j][p[j]] for j in range(k)])
+        passed = S >= t[:, None]
+        first = np.where(passed.any(0), passed.argmax(0), k)
+        return float(L[first, idx].sum()), float(C[first].sum())
+
+    risk, cost = evaluate(pos)
+    path = []
+    while True:
+        best = None
+        for j in range(k):
+            if pos[j] + 1 >= len(levels[j]):
+                continue
+            p = list(pos)
+            p[j] += 1
+            r, c = evaluate(p)
+            saved, added = cost - c, r - risk
+            # most cost saved per unit of added risk; risk-free savings first, largest first
+            key = (0, -saved) if added <= 0 else (1, -saved / added)
+            if best is None or key < best[0]:
+                best = (key, p, r, c)
+        if best is None:
+            break
+        _, pos, risk, cost = best
+        path.append(tuple(float(levels[j][pos[j]]) for j in range(k)))
+    return path

@@ -1,8 +1,9 @@
-"""Early exits for the decoder reference model (:mod:`graphs.models`), prefill only.
+"""Early exits for the decoder reference models (:mod:`graphs.models`), prefill only.
 
-:func:`attach_exits` wraps a :class:`graphs.models.PanguEmbedded` in the exit-model
-interface of :mod:`graphs.vision` (``stages``, ``exits``, ``head``, ``forward_until``,
-``forward_from``, ``exit_logits``, ``forward_all``): the stages are the decoder layers, and an
+:func:`attach_exits` wraps a :class:`graphs.models.Decoder` in the exit-model interface of
+:mod:`graphs.exits` (its adapter: the stem is the token embedding, the input check accepts
+integer token ids ``(batch, seq)`` inside the vocabulary, the state is the hidden
+``(batch, seq, hidden)``): the stages are the decoder layers, and an
 exit after layer ``k`` applies the final norm and ``lm_head`` to layer ``k``'s output -- the
 shared-head early exit of CALM (Schuster et al., "Confident Adaptive Language Modeling",
 NeurIPS 2022) and LayerSkip (Elhoushi et al., ACL 2024). With ``share_head=False`` each exit
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from graphs.models import PanguEmbedded
-from graphs.vision import ExitModel, ExitModelError
+from graphs.exits import ExitModel, ExitModelError
 
 from .gates import GatingError
 
@@ -36,7 +37,8 @@ class _LMHead(nn.Module):
 
 class DecoderExits(ExitModel):
     """A decoder with exit heads after chosen layers, in the exit-model interface (an
-    :class:`graphs.vision.ExitModel` whose stages take rotary embeddings).
+    :class:`graphs.exits.ExitModel` whose stem is the token embedding and whose stages take
+    rotary embeddings).
 
     Hidden states are ``(batch, seq, hidden)``; inputs are token ids ``(batch, seq)``.
 
@@ -84,16 +86,25 @@ class DecoderExits(ExitModel):
             x = layer(x, cos, sin)
         return x
 
-    def forward_until(self, input_ids: torch.Tensor, depth: int) -> torch.Tensor:
-        """Hidden states after ``depth`` layers (depth 0: the embeddings)."""
-        if input_ids.dim() != 2 or input_ids.dtype not in (torch.int32, torch.int64):
-            raise GatingError(f"input_ids must be an integer tensor of shape (batch, seq); got "
-                              f"{tuple(input_ids.shape)} {input_ids.dtype}")
-        self._check_depth(depth)
-        return self.run_stages(self.model.embed_tokens(input_ids), 0, depth)
+    def check_input(self, input_ids: torch.Tensor) -> None:
+        """Token ids: an integer tensor ``(batch, seq)`` with ``seq >= 1`` and ids in the vocabulary."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 \
+                or input_ids.dtype not in (torch.int32, torch.int64) or input_ids.shape[1] < 1:
+            desc = (f"{tuple(input_ids.shape)} {input_ids.dtype}" if isinstance(input_ids, torch.Tensor)
+                    else type(input_ids).__name__)
+            raise GatingError(f"input_ids must be an integer tensor of shape (batch, seq>=1); got {desc}")
+        vocab = self.model.config.vocab
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
+            bad = int(input_ids.min()) if int(input_ids.min()) < 0 else int(input_ids.max())
+            raise GatingError(f"token id {bad} out of range; valid ids are 0..{vocab - 1}")
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.forward_from(self.forward_until(input_ids, 0), 0)
+    def example_input(self, batch: int = 1) -> torch.Tensor:
+        """``batch`` sequences of 8 token ids."""
+        return torch.arange(8).remainder(self.model.config.vocab).repeat(batch, 1)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The token embedding (the stem)."""
+        return self.model.embed_tokens(input_ids)
 
 
 def attach_exits(model: PanguEmbedded, depths: Sequence[int], share_head: bool = True) -> DecoderExits:

@@ -28,7 +28,7 @@ hidden state where the shallow path left off (no recomputation).
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,17 +36,24 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from graphs.errors import UnknownNameError
-from graphs.vision import ExitModel
+from graphs.exits import ExitModel, check_adapter, hidden_of, select_state
 
 from ..errors import PolicyError
 
 __all__ = ["GatingError", "Gate", "MaxSoftmaxGate", "EntropyGate", "PatienceGate", "LearnedGate",
            "OracleGate", "Cascade", "GatedOutput", "available_gates", "make_gate", "pool_hidden",
-           "softmax_stats", "run_gated", "gate_flops"]
+           "softmax_stats", "run_gated", "gate_flops", "decision_inputs"]
 
 
 class GatingError(PolicyError):
-    """A gate was used wrongly (missing labels or history, wrong shapes, untrained)."""
+    """A gate was used wrongly (missing labels or history, wrong shapes, untrained).
+
+    Example:
+        >>> OracleGate().scores(None, torch.zeros(1, 2))
+        Traceback (most recent call last):
+        ...
+        policies.gating.gates.GatingError: the oracle gate needs labels (it is an evaluation-only ceiling)
+    """
 
 
 def _check_logits(logits: torch.Tensor) -> None:
@@ -71,16 +78,39 @@ def _stats(p: torch.Tensor) -> torch.Tensor:
     return torch.stack([top[:, 0], top[:, 0] - top[:, 1], ent], dim=1)
 
 
-def pool_hidden(hidden: torch.Tensor) -> torch.Tensor:
+def pool_hidden(hidden: Any, mask: torch.Tensor | None = None) -> torch.Tensor:
     """A fixed-size ``(batch, features)`` summary of a hidden state, whatever its layout.
 
     Feature maps ``(B, C, H, W)``: channel means, channel maxima and a 2x2 average-pooled
-    map. Token sequences ``(B, N, D)``: token mean and token max. ``(B, F)``: unchanged.
+    map. Token sequences ``(B, N, D)``: token mean and token max, over the real positions
+    only when a padding ``mask`` ``(B, N)`` (True = real) is given -- so a sample's features
+    do not depend on how much padding its batch added. ``(B, F)``: unchanged. ``hidden`` may
+    also be a gate view ``(hidden, mask)`` (:meth:`graphs.exits.ExitModel.gate_view`).
 
     Example:
         >>> tuple(pool_hidden(torch.zeros(2, 8, 7, 7)).shape), tuple(pool_hidden(torch.zeros(2, 16, 64)).shape)
         ((2, 48), (2, 128))
+        >>> h = torch.tensor([[[1.0], [3.0], [99.0]]])
+        >>> pool_hidden(h, torch.tensor([[True, True, False]])).tolist()  # the padded 99 is ignored
+        [[2.0, 3.0]]
     """
+    if isinstance(hidden, tuple):
+        if len(hidden) != 2 or mask is not None:
+            raise GatingError("a gate view is a hidden tensor or (hidden, mask); got a tuple of "
+                              f"{len(hidden)}{' and a mask' if mask is not None else ''}")
+        hidden, mask = hidden
+    if not isinstance(hidden, torch.Tensor):
+        raise GatingError(f"hidden state must be a tensor; got {type(hidden).__name__}")
+    if mask is not None:
+        if hidden.dim() != 3 or mask.shape != hidden.shape[:2] or mask.dtype != torch.bool:
+            raise GatingError(f"a padding mask goes with a (B, N, D) hidden state and is a (B, N) bool "
+                              f"tensor; got hidden {tuple(hidden.shape)} and mask {tuple(mask.shape)} "
+                              f"{mask.dtype}")
+        m = mask.unsqueeze(-1)
+        count = m.sum(1).clamp_min(1).to(hidden.dtype)
+        mean = hidden.masked_fill(~m, 0.0).sum(1) / count
+        mx = hidden.masked_fill(~m, float("-inf")).amax(1)
+        return torch.cat([mean, torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))], dim=1)
     if hidden.dim() == 4:
         return torch.cat([hidden.mean((2, 3)), hidden.amax((2, 3)),
                           F.adaptive_avg_pool2d(hidden, 2).flatten(1)], dim=1)
@@ -89,6 +119,24 @@ def pool_hidden(hidden: torch.Tensor) -> torch.Tensor:
     if hidden.dim() == 2:
         return hidden
     raise GatingError(f"hidden state must be (B, C, H, W), (B, N, D) or (B, F); got {tuple(hidden.shape)}")
+
+
+def decision_inputs(view: Any, logits: torch.Tensor) -> tuple[Any, torch.Tensor]:
+    """What a gate decides on: for a language model's ``(B, T, V)`` logits, the last position
+    (the next token) and the hidden state there; anything else unchanged.
+
+    Example:
+        >>> v, l = decision_inputs(torch.zeros(2, 5, 8), torch.zeros(2, 5, 100))
+        >>> tuple(v.shape), tuple(l.shape)
+        ((2, 8), (2, 100))
+    """
+    if logits.dim() != 3:
+        return view, logits
+    if isinstance(view, tuple):  # (hidden, mask): the last real position is the last position
+        view = view[0]
+    if isinstance(view, torch.Tensor) and view.dim() == 3:
+        view = view[:, -1]
+    return view, logits[:, -1]
 
 
 class Gate:
@@ -207,45 +255,69 @@ class OracleGate(Gate):
 class LearnedGate(Gate, nn.Module):
     """A small MLP that reads the shallow path's hidden features and predicts agreement.
 
-    Input: :func:`pool_hidden` of the hidden state, the exit's softmax probabilities and
-    :func:`softmax_stats` (:meth:`fit` trains on standardised features and then folds the
-    standardisation into the first layer, so inference pays nothing for it). Output
-    (:meth:`scores`): the log-odds that the exit's prediction equals the full model's. Trained by
-    :meth:`fit` on unlabeled inputs with binary cross-entropy against that agreement
-    (self-distillation; no labels are used).
+    Input: :func:`pool_hidden` of the hidden state (masked, for padded sequences),
+    standardised by a separate, bounded step (below); the exit's softmax probabilities
+    (the ``top_k`` largest, sorted, when there are more classes than ``top_k``); and
+    :func:`softmax_stats`. Output (:meth:`scores`): the log-odds that the exit's prediction
+    equals the full model's. Trained by :meth:`fit` on unlabeled inputs with binary
+    cross-entropy against that agreement (self-distillation; no labels are used).
+
+    Numerics: the standardisation is kept as its own buffers (``mean``, ``scale``), never
+    folded into the first layer. Each feature's scale is its standard deviation, floored at
+    ``rel_floor`` x its root-mean-square, so a nearly constant feature is not magnified (a
+    feature rounded to fp16 moves by at most about ``2**-11 / rel_floor`` of its scale); the
+    standardised features are clipped to ``[-clip, clip]``; and the MLP is trained with
+    weight decay. Scores then move by a small, bounded amount under fp16 rounding of the
+    features, and a sample's score is the same alone and in any padded batch.
 
     Example:
         >>> g = LearnedGate(feature_dim=48, num_classes=10)
         >>> s = g.scores(torch.randn(3, 8, 7, 7), torch.randn(3, 10))
-        >>> tuple(s.shape), bool(((torch.sigmoid(s) > 0) & (torch.sigmoid(s) < 1)).all())
+        >>> tuple(s.shape), bool(torch.isfinite(s).all())
         ((3,), True)
     """
 
     name = "learned"
 
     def __init__(self, feature_dim: int, num_classes: int = 10, width: int = 64,
-                 threshold: float = math.inf):
+                 threshold: float = math.inf, top_k: int = 64, clip: float = 5.0, rel_floor: float = 0.05):
         nn.Module.__init__(self)
         Gate.__init__(self, threshold)
+        if not (isinstance(feature_dim, int) and feature_dim > 0 and isinstance(num_classes, int)
+                and num_classes >= 2):
+            raise GatingError(f"LearnedGate needs feature_dim >= 1 and num_classes >= 2; got "
+                              f"{feature_dim!r}, {num_classes!r}")
         self.feature_dim, self.num_classes = feature_dim, num_classes
-        self.net = nn.Sequential(nn.Linear(feature_dim + num_classes + 3, width), nn.ReLU(),
+        self.n_probs = min(num_classes, top_k)
+        self.clip, self.rel_floor = float(clip), float(rel_floor)
+        self.register_buffer("mean", torch.zeros(feature_dim))
+        self.register_buffer("scale", torch.ones(feature_dim))
+        self.register_buffer("platt", torch.tensor([1.0, 0.0]))  # log-odds = a * net + b
+        self.net = nn.Sequential(nn.Linear(feature_dim + self.n_probs + 3, width), nn.ReLU(),
                                  nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1))
 
-    def inputs(self, hidden: torch.Tensor, exit_logits: torch.Tensor) -> torch.Tensor:
-        """The MLP's input: standardised pooled features, softmax, softmax statistics."""
+    def features(self, hidden: Any) -> torch.Tensor:
+        """Pooled hidden features ``(batch, feature_dim)`` (accepts already pooled features)."""
         f = pool_hidden(hidden)
         if f.shape[1] != self.feature_dim:
             raise GatingError(f"pooled hidden features have {f.shape[1]} values; this gate was built "
                               f"for feature_dim={self.feature_dim}")
+        return f.float()
+
+    def inputs(self, hidden: Any, exit_logits: torch.Tensor) -> torch.Tensor:
+        """The MLP's input: standardised and clipped pooled features, (top) softmax, statistics."""
+        f = self.features(hidden)
         if exit_logits.shape != (f.shape[0], self.num_classes):
             raise GatingError(f"exit logits shape {tuple(exit_logits.shape)} != ({f.shape[0]}, "
                               f"{self.num_classes})")
-        p = exit_logits.softmax(1)
-        return torch.cat([f, p, _stats(p)], 1)
+        z = ((f - self.mean) / self.scale).clamp(-self.clip, self.clip)
+        p = exit_logits.float().softmax(1)
+        probs = p if self.n_probs == self.num_classes else p.topk(self.n_probs, dim=1).values
+        return torch.cat([z, probs, _stats(p)], 1)
 
-    def logit(self, hidden: torch.Tensor, exit_logits: torch.Tensor) -> torch.Tensor:
-        """The pre-sigmoid score ``(batch,)``."""
-        return self.net(self.inputs(hidden, exit_logits)).squeeze(1)
+    def logit(self, hidden: Any, exit_logits: torch.Tensor) -> torch.Tensor:
+        """The calibrated log-odds ``(batch,)``."""
+        return self.net(self.inputs(hidden, exit_logits)).squeeze(1) * self.platt[0] + self.platt[1]
 
     def scores(self, hidden, exit_logits, *, previous=None, labels=None):
         """The log-odds that the exit agrees with the full model (monotone in the probability;
@@ -258,40 +330,47 @@ class LearnedGate(Gate, nn.Module):
     def forward(self, hidden: torch.Tensor, exit_logits: torch.Tensor) -> torch.Tensor:
         return self.scores(hidden, exit_logits)
 
-    def fit(self, hiddens: torch.Tensor, exit_logits: torch.Tensor, final_logits: torch.Tensor,
+    def fit(self, hiddens: Any, exit_logits: torch.Tensor, final_logits: torch.Tensor,
             epochs: int = 30, lr: float = 3e-3, batch_size: int = 512, seed: int = 0,
-            holdout: float = 0.2) -> "LearnedGate":
+            holdout: float = 0.2, weight_decay: float = 1e-2) -> "LearnedGate":
         """Self-distillation: fit P(exit argmax == full-model argmax) by binary cross-entropy.
 
-        ``hiddens`` are the hidden states (or already pooled features) of unlabeled inputs;
-        ``exit_logits`` and ``final_logits`` the exit's and the full model's outputs on them.
-        The MLP trains on ``1 - holdout`` of them; its log-odds are then Platt-scaled on the
-        held-out rest (Platt, 1999), so that gates at different exits output comparable,
-        not over-confident, log-odds (a cascade shares one threshold across them).
+        ``hiddens`` are the hidden states, gate views ``(hidden, mask)`` or already pooled
+        features of unlabeled inputs; ``exit_logits`` and ``final_logits`` the exit's and the
+        full model's outputs on them. Fit on inputs the exit heads did not train on: on their
+        own training data the heads are over-confident, and so would the gate be. Seeded: the
+        same data and seed give the same gate. The MLP trains on ``1 - holdout`` of them; its
+        log-odds are then Platt-scaled on the held-out rest (Platt, 1999), so that gates at
+        different exits output comparable, not over-confident, log-odds.
         """
         if not 0.0 <= holdout < 1.0:
             raise GatingError(f"holdout must be in [0, 1); got {holdout!r}")
         n = exit_logits.shape[0]
-        if final_logits.shape != exit_logits.shape or hiddens.shape[0] != n:
-            raise GatingError(f"fit needs matching batches: hiddens {tuple(hiddens.shape)}, exit logits "
+        f = self.features(hiddens).detach()
+        if final_logits.shape != exit_logits.shape or f.shape[0] != n:
+            raise GatingError(f"fit needs matching batches: {f.shape[0]} hidden states, exit logits "
                               f"{tuple(exit_logits.shape)}, final logits {tuple(final_logits.shape)}")
-        x = self.inputs(hiddens, exit_logits).detach()
+        if n < 2:
+            raise GatingError(f"fit needs at least 2 samples; got {n}")
         target = (exit_logits.argmax(1) == final_logits.argmax(1)).float()
-        # train on standardised pooled features, then fold the standardisation into the first layer
-        f = self.feature_dim
-        mean, std = x[:, :f].mean(0), x[:, :f].std(0).clamp_min(1e-4)
-        x = torch.cat([(x[:, :f] - mean) / std, x[:, f:]], 1)
+        with torch.no_grad():
+            self.mean.copy_(f.mean(0))
+            rms = f.pow(2).mean(0).sqrt()
+            self.scale.copy_(torch.maximum(f.std(0), self.rel_floor * rms).clamp_min(1e-6))
+            self.platt.copy_(torch.tensor([1.0, 0.0]))
+        x = self.inputs(f, exit_logits).detach()
         g = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        for m in self.net:
-            if isinstance(m, nn.Linear):
-                m.reset_parameters()
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            for m in self.net:
+                if isinstance(m, nn.Linear):
+                    m.reset_parameters()
         perm = torch.randperm(n, generator=g)
         n_hold = int(holdout * n)
         hold, fit_idx = perm[:n_hold], perm[n_hold:]
         x, target, x_hold, t_hold = x[fit_idx], target[fit_idx], x[hold], target[hold]
         n = x.shape[0]
-        opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=1e-4)
+        opt = torch.optim.AdamW(self.net.parameters(), lr=lr, weight_decay=weight_decay)
         self.train()
         for _ in range(epochs):
             perm = torch.randperm(n, generator=g)
@@ -301,14 +380,10 @@ class LearnedGate(Gate, nn.Module):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-        with torch.no_grad():
-            first = self.net[0]
-            first.bias -= first.weight[:, :f] @ (mean / std)
-            first.weight[:, :f] /= std
         self.eval()
         if n_hold:
             with torch.no_grad():
-                z = self.net(torch.cat([x_hold[:, :f] * std + mean, x_hold[:, f:]], 1)).squeeze(1)
+                z = self.net(x_hold).squeeze(1)
             ab = torch.tensor([1.0, 0.0], requires_grad=True)
             popt = torch.optim.LBFGS([ab], max_iter=100)
 
@@ -320,10 +395,8 @@ class LearnedGate(Gate, nn.Module):
             popt.step(closure)
             a, b = ab.detach()
             if a > 0:  # a non-positive slope would invert the ranking: keep the raw scores then
-                last = self.net[-1]
                 with torch.no_grad():
-                    last.weight *= a
-                    last.bias.mul_(a).add_(b)
+                    self.platt.copy_(torch.stack([a, b]))
         return self
 
 
@@ -392,10 +465,21 @@ class Cascade:
         """Exit depths in order."""
         return list(self.gates)
 
-    def set_threshold(self, threshold: float) -> "Cascade":
-        """Give every gate the same threshold (a calibrated shared threshold)."""
-        for g in self.gates.values():
-            g.threshold = float(threshold)
+    def set_threshold(self, threshold: float | Sequence[float]) -> "Cascade":
+        """Give every gate the same threshold (a calibrated shared threshold), or each gate its
+        own (one per exit, in depth order, as :func:`policies.gating.calibrate_exits` gives).
+
+        Example:
+            >>> c = Cascade({1: MaxSoftmaxGate(), 2: MaxSoftmaxGate()}).set_threshold([0.9, 0.6])
+            >>> [g.threshold for g in c.gates.values()]
+            [0.9, 0.6]
+        """
+        values = [threshold] * len(self.gates) if isinstance(threshold, (int, float)) else list(threshold)
+        if len(values) != len(self.gates):
+            raise GatingError(f"{len(values)} thresholds for a cascade of {len(self.gates)} exits; give one "
+                              "per exit or one shared value")
+        for g, t in zip(self.gates.values(), values):
+            g.threshold = float(t)
         return self
 
     def check(self, model: ExitModel) -> None:
@@ -409,7 +493,13 @@ class Cascade:
 
 
 class GatedOutput(tuple):
-    """``(logits (B, classes), exit_depth (B,) long; 0 = went through the full model)``."""
+    """``(logits (B, classes), exit_depth (B,) long; 0 = went through the full model)``.
+
+    Example:
+        >>> out = GatedOutput((torch.zeros(2, 3), torch.tensor([1, 0])))
+        >>> tuple(out.logits.shape), out.exit_depth.tolist()
+        ((2, 3), [1, 0])
+    """
 
     @property
     def logits(self) -> torch.Tensor:
@@ -421,13 +511,17 @@ class GatedOutput(tuple):
 
 
 @torch.inference_mode()
-def run_gated(model: ExitModel, gates: Cascade | Gate, x: torch.Tensor, depth: int | None = None,
+def run_gated(model: ExitModel, gates: Cascade | Gate, x: Any, depth: int | None = None,
               labels: torch.Tensor | None = None) -> GatedOutput:
     """Run ``model`` with early exits decided by ``gates``; hard samples continue without recomputation.
 
-    ``gates`` is a :class:`Cascade`, or a single gate used at ``depth``. Returns the
-    per-sample logits (the exit head's output for exited samples, the full model's for the
-    rest) and the depth each sample left at (0 = full model).
+    ``model`` is any :class:`graphs.exits.ExitModel` (its adapter checks the input and runs
+    the stem); ``gates`` is a :class:`Cascade`, or a single gate used at ``depth``. Gates
+    read :meth:`~graphs.exits.ExitModel.gate_view` of the state (so padded positions are
+    masked out) and, for a language model's ``(B, T, V)`` logits, decide on the last
+    position (:func:`decision_inputs`). Returns the per-sample logits (the exit head's
+    output for exited samples, the full model's for the rest) and the depth each sample
+    left at (0 = full model).
 
     Example:
         >>> from graphs.vision import ExitCNN
@@ -440,36 +534,45 @@ def run_gated(model: ExitModel, gates: Cascade | Gate, x: torch.Tensor, depth: i
         if depth is None:
             raise GatingError("a single gate needs the exit depth it sits at (depth=...)")
         gates = Cascade({depth: gates})
+    check_adapter(model)
     gates.check(model)
-    model._check_input(x)
-    b = x.shape[0]
+    model.check_input(x)
+    state = model.embed(x)
+    b = hidden_of(state).shape[0]
+
+    def decide(gate, state, e, previous, lab):
+        view, de = decision_inputs(model.gate_view(state), e)
+        return gate.decide(view, de, previous=previous, labels=lab), de
+
     if b == 1:  # one request: no gathers or scatters, just return at the first passing exit
-        h, done, previous = x, 0, []
+        done, previous = 0, []
         for d, gate in gates.gates.items():
-            h = model.run_stages(h, done, d)
+            state = model.run_stages(state, done, d)
             done = d
-            e = model.exit_logits(h, d)
-            if bool(gate.decide(h, e, previous=previous, labels=labels)):
+            e = model.exit_logits(state, d)
+            go, de = decide(gate, state, e, previous, labels)
+            if bool(go):
                 return GatedOutput((e, torch.tensor([d])))
-            previous.append(e)
-        return GatedOutput((model.forward_from(h, done), torch.tensor([0])))
-    logits = torch.empty(b, model.num_classes)
+            previous.append(de)
+        return GatedOutput((model.forward_from(state, done), torch.tensor([0])))
+    logits = None
     where = torch.zeros(b, dtype=torch.long)
     active = torch.arange(b)
-    h, done, previous = x, 0, []
+    done, previous = 0, []
     for d, gate in gates.gates.items():
-        h = model.run_stages(h, done, d)
+        state = model.run_stages(state, done, d)
         done = d
-        e = model.exit_logits(h, d)
+        e = model.exit_logits(state, d)
+        if logits is None:
+            logits = e.new_empty((b, *e.shape[1:]))
         lab = labels[active] if labels is not None else None
-        go = gate.decide(h, e, previous=previous, labels=lab)
+        go, de = decide(gate, state, e, previous, lab)
         logits[active[go]] = e[go]
         where[active[go]] = d
         keep = ~go
-        active, h, e = active[keep], h[keep], e[keep]
-        previous = [p[keep] for p in previous] + [e]
+        active, state = active[keep], select_state(state, keep)
+        previous = [p[keep] for p in previous] + [de[keep]]
         if active.numel() == 0:
             return GatedOutput((logits, where))
-    logits[active] = model.forward_from(h, done)
+    logits[active] = model.forward_from(state, done)
     return GatedOutput((logits, where))
-

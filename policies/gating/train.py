@@ -1,13 +1,25 @@
-"""Training exit models (BranchyNet joint training or a frozen backbone) with a weight cache.
+"""Training exit models, any :class:`graphs.exits.ExitModel`, seeded, with a weight cache.
 
-Joint training minimises the weighted sum of the cross-entropy losses of every exit and
-the final head, ``sum_k w_k * CE(exit_k(x), y)`` (Teerapittayanon et al., BranchyNet,
-ICPR 2016). Frozen-backbone training first trains the backbone and final head on the final
-loss alone, then freezes them and trains only the exit heads (the backbone's accuracy is
-untouched by the exits; cf. Kaya et al., "Shallow-Deep Networks", ICML 2019).
+Modes (:data:`MODES`):
+
+* ``"joint"`` minimises the weighted sum of the cross-entropy losses of every exit and the
+  final head, ``sum_k w_k * CE(exit_k(x), y)`` (Teerapittayanon et al., BranchyNet, ICPR 2016);
+* ``"frozen"`` first trains the backbone and final head on the final loss alone, then freezes
+  them and trains only the exit heads (the backbone's accuracy is untouched by the exits;
+  cf. Kaya et al., "Shallow-Deep Networks", ICML 2019);
+* ``"heads"`` trains only the exit heads on the backbone *as given*: the mode for a frozen
+  pretrained model (its stem, stages and final head never change; batch-norm and dropout
+  stay in eval mode).
+
+Everything is seeded: the exit heads are re-initialised from ``seed`` before a ``frozen``
+or ``heads`` run, and the batch order follows a generator seeded the same way, so one
+configuration, model and data give the same weights.
 
 Trained weights are cached under ``.cache/gating/`` (git-ignored), keyed by a hash of the
-:class:`TrainConfig`, so benchmarks and CI train once. A cache file holds tensors and plain
+:class:`TrainConfig`, of the model (its architecture and its weights before training) and of
+the training data, so benchmarks and CI train once, and a changed backbone or data set
+never loads stale heads (:func:`fit_exits` for any model, :func:`load_or_train` for the
+built-in ones by name). A cache file holds tensors and plain
 types only and is read with ``torch.load(weights_only=True)``, so a file planted in the
 cache cannot execute code; anything else is refused with a :class:`PolicyError`.
 """
@@ -23,16 +35,73 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from graphs.vision import ExitModel, vision_model
+from graphs.errors import UnknownNameError
+from graphs.exits import ExitModel, check_adapter
 
 from ..errors import PolicyError
 
-__all__ = ["TrainConfig", "train_exit_model", "load_or_train", "evaluate_exits", "DEFAULT_CACHE",
-           "MODES"]
+__all__ = ["TrainConfig", "train_exit_model", "load_or_train", "fit_exits", "evaluate_exits", "DEFAULT_CACHE",
+           "MODES", "EXIT_MODELS", "exit_model", "fingerprint"]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CACHE = os.path.join(ROOT, ".cache", "gating")
-MODES = ("joint", "frozen")
+MODES = ("joint", "frozen", "heads")
+
+
+def _text_classifier():
+    from graphs.text import ExitTextClassifier
+    return ExitTextClassifier
+
+
+#: Built-in exit models by name: constructors (the text classifier is imported on use).
+EXIT_MODELS = {"cnn": lambda: __import__("graphs.vision", fromlist=["ExitCNN"]).ExitCNN,
+               "vit": lambda: __import__("graphs.vision", fromlist=["ExitViT"]).ExitViT,
+               "text": _text_classifier}
+
+
+def exit_model(name: str, **kwargs) -> ExitModel:
+    """Build a built-in exit model by name (:data:`EXIT_MODELS`).
+
+    Example:
+        >>> type(exit_model("vit", depth=2)).__name__
+        'ExitViT'
+        >>> exit_model("resnet")
+        Traceback (most recent call last):
+        ...
+        graphs.errors.UnknownNameError: unknown exit model 'resnet'; valid choices: cnn, text, vit
+    """
+    if name not in EXIT_MODELS:
+        raise UnknownNameError("exit model", name, EXIT_MODELS)
+    return EXIT_MODELS[name]()(**kwargs)
+
+
+def fingerprint(*objs) -> str:
+    """A short hash of tensors, modules (architecture and weights) and plain values.
+
+    Example:
+        >>> fingerprint(torch.zeros(3)) == fingerprint(torch.zeros(3)), fingerprint(torch.zeros(3)) == fingerprint(torch.ones(3))
+        (True, False)
+    """
+    h = hashlib.sha256()
+
+    def feed(o):
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(o, torch.nn.Module):
+            h.update(repr(o).encode())
+            for k, v in o.state_dict().items():
+                h.update(k.encode())
+                feed(v)
+        elif isinstance(o, (tuple, list)):
+            for v in o:
+                feed(v)
+        else:
+            h.update(json.dumps(o, sort_keys=True, default=str).encode())
+    for o in objs:
+        feed(o)
+    return h.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -45,9 +114,9 @@ class TrainConfig:
         (True, False)
     """
 
-    model: str  # "cnn" or "vit" (graphs.vision.VISION_MODELS)
+    model: str  # a name of EXIT_MODELS ("cnn", "vit", "text"), or a label for fit_exits' cache files
     model_kwargs: tuple = ()  # (name, value) pairs passed to the model constructor
-    mode: str = "joint"  # "joint" (BranchyNet weighted losses) or "frozen" (backbone, then heads)
+    mode: str = "joint"  # "joint" (BranchyNet weighted losses), "frozen" (backbone, then heads), "heads"
     epochs: int = 4
     batch_size: int = 128
     lr: float = 3e-3
@@ -61,9 +130,9 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def build(self) -> ExitModel:
-        """A freshly initialised model (seeded)."""
+        """A freshly initialised built-in model (seeded)."""
         torch.manual_seed(self.seed)
-        return vision_model(self.model, **dict(self.model_kwargs))
+        return exit_model(self.model, **dict(self.model_kwargs))
 
 
 def _epochs(model: ExitModel, params, x, y, epochs, cfg: TrainConfig, weights, gen) -> None:
@@ -83,6 +152,19 @@ def _epochs(model: ExitModel, params, x, y, epochs, cfg: TrainConfig, weights, g
             sched.step()
 
 
+def _backbone(model: ExitModel) -> list:
+    exits = {id(p) for p in model.exits.parameters()}
+    return [p for p in model.parameters() if id(p) not in exits]
+
+
+def _reset_heads(model: ExitModel, seed: int) -> None:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for m in model.exits.modules():
+            if hasattr(m, "reset_parameters") and m is not model.exits:
+                m.reset_parameters()
+
+
 def train_exit_model(model: ExitModel, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> ExitModel:
     """Train ``model`` in place on ``(x, y)`` as ``cfg`` says; returns it in eval mode.
 
@@ -95,22 +177,34 @@ def train_exit_model(model: ExitModel, x: torch.Tensor, y: torch.Tensor, cfg: Tr
     """
     if cfg.mode not in MODES:
         raise PolicyError(f"unknown training mode {cfg.mode!r}; valid choices: {', '.join(MODES)}")
+    check_adapter(model)
     if x.shape[0] != y.shape[0]:
         raise PolicyError(f"x has {x.shape[0]} examples but y has {y.shape[0]}")
+    model.check_input(x[:2])
     gen = torch.Generator().manual_seed(cfg.seed)
     k = len(model.exit_depths)
-    model.train()
+    if k == 0:
+        raise PolicyError(f"{type(model).__name__} has no exit heads to train")
+    backbone = _backbone(model)
     if cfg.mode == "joint":
+        model.train()
         _epochs(model, model.parameters(), x, y, cfg.epochs, cfg, [cfg.exit_weight] * k + [1.0], gen)
-    else:
-        backbone = list(model.stages.parameters()) + list(model.head.parameters())
+        return model.eval()
+    if cfg.mode == "frozen":
+        model.train()
         _epochs(model, backbone, x, y, cfg.epochs, cfg, [0.0] * k + [1.0], gen)
-        for p in backbone:
-            p.requires_grad_(False)
-        model.stages.eval()  # freeze batch-norm statistics too
-        _epochs(model, model.exits.parameters(), x, y, max(1, cfg.epochs // 2), cfg, [cfg.exit_weight] * k + [0.0], gen)
-        for p in backbone:
-            p.requires_grad_(True)
+    _reset_heads(model, cfg.seed)
+    grads = [p.requires_grad for p in backbone]
+    for p in backbone:
+        p.requires_grad_(False)
+    model.eval()  # the backbone's batch-norm statistics and dropout stay frozen
+    model.exits.train()
+    try:
+        epochs = cfg.epochs if cfg.mode == "heads" else max(1, cfg.epochs // 2)
+        _epochs(model, model.exits.parameters(), x, y, epochs, cfg, [cfg.exit_weight] * k + [0.0], gen)
+    finally:
+        for p, g in zip(backbone, grads):
+            p.requires_grad_(g)
     return model.eval()
 
 
@@ -135,32 +229,69 @@ def evaluate_exits(model: ExitModel, x: torch.Tensor, y: torch.Tensor, batch: in
 
 def load_or_train(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, cache_dir: str | None = None
                   ) -> tuple[ExitModel, dict]:
-    """The model of ``cfg``, loaded from the cache or trained on ``(x, y)`` and cached.
+    """The built-in model of ``cfg`` (:data:`EXIT_MODELS`), loaded from the cache or trained
+    on ``(x, y)`` (the first ``cfg.n_train`` examples) and cached; see :func:`fit_exits`.
+
+    Example:
+        >>> import tempfile
+        >>> cfg = TrainConfig("vit", model_kwargs=(("depth", 2),), epochs=1, batch_size=8)
+        >>> x, y, d = torch.randn(16, 1, 28, 28), torch.arange(16) % 10, tempfile.mkdtemp()
+        >>> _, info = load_or_train(cfg, x, y, d)
+        >>> _, again = load_or_train(cfg, x, y, d)
+        >>> info["cached"], again["cached"], info["path"] == again["path"]
+        (False, True, True)
+    """
+    if cfg.n_train is not None:
+        x, y = x[:cfg.n_train], y[:cfg.n_train]
+    return fit_exits(cfg.build(), x, y, cfg, cache_dir)
+
+
+def fit_exits(model: ExitModel, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+              cache_dir: str | None = None) -> tuple[ExitModel, dict]:
+    """Train ``model`` (any exit model) on ``(x, y)`` as ``cfg`` says, or load the result from
+    the cache; the key hashes ``cfg``, the model's architecture and weights *before*
+    training, and the data.
 
     Returns ``(model in eval mode, info)`` where ``info`` has ``train_seconds`` (of the run
     that produced the weights), ``cached`` (whether this call loaded them) and ``path``.
-    The cache is read with ``torch.load(weights_only=True)``: tensors and plain types only.
+    With ``cfg.mode == "heads"`` only the exit heads' weights are trained (and stored). The
+    cache is read with ``torch.load(weights_only=True)``: tensors and plain types only.
 
     Raises:
         PolicyError: the cache file holds anything but tensors and plain types (a planted
             pickle is refused, never run).
+
+    Example:
+        >>> import tempfile
+        >>> from graphs.vision import ExitCNN
+        >>> torch.manual_seed(0) is not None
+        True
+        >>> backbone = ExitCNN().eval()  # stands for a pretrained model
+        >>> before = {k: v.clone() for k, v in backbone.state_dict().items() if not k.startswith("exits.")}
+        >>> cfg = TrainConfig("my-cnn", mode="heads", epochs=1, batch_size=8)
+        >>> m, info = fit_exits(backbone, torch.randn(16, 1, 28, 28), torch.arange(16) % 10, cfg, tempfile.mkdtemp())
+        >>> all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())  # the backbone is untouched
+        True
     """
+    check_adapter(model)
     cache_dir = cache_dir or DEFAULT_CACHE
-    path = os.path.join(cache_dir, f"{cfg.model}-{cfg.key()}.pt")
-    model = cfg.build()
+    key = fingerprint(cfg.key(), model, x, y)
+    label = "".join(c if c.isalnum() or c in "-_" else "_" for c in cfg.model)[:40] or "model"
+    path = os.path.join(cache_dir, f"{label}-{key}.pt")
     if os.path.exists(path):
         blob = _load_cache(path)
-        model.load_state_dict(blob["state_dict"])
+        model.load_state_dict(blob["state_dict"], strict=cfg.mode != "heads")
         return model.eval(), {"train_seconds": blob["train_seconds"], "cached": True, "path": path}
-    if cfg.n_train is not None:
-        x, y = x[:cfg.n_train], y[:cfg.n_train]
     t = time.perf_counter()
     train_exit_model(model, x, y, cfg)
     secs = time.perf_counter() - t
     os.makedirs(cache_dir, exist_ok=True)
-    tmp = path + ".tmp"
+    tmp = path + f".{os.getpid()}.tmp"
+    state = model.state_dict()
+    if cfg.mode == "heads":
+        state = {k: v for k, v in state.items() if k.startswith("exits.")}
     # tensors and plain types only, so that the cache loads with weights_only=True
-    torch.save({"state_dict": dict(model.state_dict()), "train_seconds": float(secs),
+    torch.save({"state_dict": dict(state), "train_seconds": float(secs),
                 "config": json.dumps(asdict(cfg), sort_keys=True, default=str)}, tmp)
     os.replace(tmp, path)
     return model, {"train_seconds": secs, "cached": False, "path": path}

@@ -193,7 +193,7 @@ def test_bad_gate_configuration_is_a_clear_error_before_any_work(cnn, kwargs, er
 
 
 def test_gate_needs_an_exit_model():
-    with pytest.raises(RuntimeConfigError, match=r"needs an exit model .* has no 'stages'"):
+    with pytest.raises(RuntimeConfigError, match=r"needs an exit model .* is not an exit model; wrap it"):
         Runtime(torch.nn.Linear(4, 2), torch.randn(1, 4), devices=TRIO, gate=MaxSoftmaxGate(0.5),
                 exit_depth=1)
 
@@ -220,3 +220,33 @@ def test_the_reference_decoder_exits_on_its_next_token_confidence(ray_session):
                 ref = dm.exit_logits(dm.forward_until(r, 1), 1) if c >= thr else dm(r)
             assert f.exit_depth == (1 if c >= thr else 0)
             torch.testing.assert_close(out, ref)
+
+
+def test_the_text_classifier_with_a_padding_mask_runs_gated_equal_to_local(ray_session):
+    """A state that carries a padding mask: the first segment makes (hidden, mask), later
+    segments and the deep path read the mask from it; every request's answer and exit equal
+    local run_gated, with the parts spread over two devices."""
+    from graphs.text import ExitTextClassifier
+    from policies.gating import Cascade, run_gated
+
+    torch.manual_seed(0)
+    m = ExitTextClassifier(dim=32, heads=4, depth=3, max_len=16, num_classes=4).eval()
+    g = torch.Generator().manual_seed(5)
+    reqs = []
+    for _ in range(10):
+        ids = torch.zeros(1, 16, dtype=torch.long)
+        k = int(torch.randint(1, 17, (1,), generator=g))
+        ids[0, :k] = torch.randint(1, 257, (k,), generator=g)
+        reqs.append(ids)
+    with torch.inference_mode():
+        conf = torch.stack([m.exit_logits(m.forward_until(r, 1), 1).softmax(-1).amax() for r in reqs])
+    thr = float(conf.sort().values[4:6].mean())
+    gates = Cascade({1: MaxSoftmaxGate(thr), 2: MaxSoftmaxGate(thr)})
+    refs = [run_gated(m, gates, r) for r in reqs]
+    assert len({int(r.exit_depth) for r in refs}) > 1  # a mixed routing
+    with Runtime(m, (reqs[0],), devices=TRIO[:2], gate=gates) as rt:
+        assert len(rt.partitioned.parts) >= 3
+        futs = [rt.submit(r) for r in reqs]
+        for ref, f in zip(refs, futs):
+            torch.testing.assert_close(f.result(timeout=60), ref.logits)
+            assert f.exit_depth == int(ref.exit_depth)

@@ -69,7 +69,7 @@ BAD_CONFIGS = [
     ("dynamic-dims-bad-input", {"dynamic_dims": {3: [1]}}, RuntimeConfigError, "dynamic_dims names input 3"),
     ("dynamic-dims-bad-dim", {"dynamic_dims": {0: [5]}}, RuntimeConfigError, r"dynamic_dims\[0\] names dimension 5"),
     ("gate-on-a-model-without-exits", {"gate": object()}, RuntimeConfigError,
-     r"gate needs an exit model .* has no 'stages'"),
+     r"gate needs an exit model .* is not an exit model; wrap it with graphs.exits.LayeredExits"),
 ]
 
 
