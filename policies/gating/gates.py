@@ -262,7 +262,7 @@ class LearnedGate(Gate, nn.Module):
     equals the full model's. Trained by :meth:`fit` on unlabeled inputs with binary
     cross-entropy against that agreement (self-distillation; no labels are used).
 
-    Numerics: the standardisation is kept as its own buffers (``mean``, ``scale``), never
+    Numerics: the standardisation is kept as its own buffers (``inv_scale``, ``shift``), never
     folded into the first layer. Each feature's scale is its standard deviation, floored at
     ``rel_floor`` x its root-mean-square, so a nearly constant feature is not magnified (a
     feature rounded to fp16 moves by at most about ``2**-11 / rel_floor`` of its scale); the
@@ -290,9 +290,10 @@ class LearnedGate(Gate, nn.Module):
         self.feature_dim, self.num_classes = feature_dim, num_classes
         self.n_probs = min(num_classes, top_k)
         self.clip, self.rel_floor = float(clip), float(rel_floor)
-        self.register_buffer("mean", torch.zeros(feature_dim))
-        self.register_buffer("scale", torch.ones(feature_dim))
-        self.register_buffer("platt", torch.tensor([1.0, 0.0]))  # log-odds = a * net + b
+        # standardisation z = f * inv_scale + shift, i.e. (f - mean) / scale, as two buffers so
+        # that inference is one fused op (addcmul) and one clamp
+        self.register_buffer("inv_scale", torch.ones(feature_dim))
+        self.register_buffer("shift", torch.zeros(feature_dim))
         self.net = nn.Sequential(nn.Linear(feature_dim + self.n_probs + 3, width), nn.ReLU(),
                                  nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1))
 
@@ -310,14 +311,21 @@ class LearnedGate(Gate, nn.Module):
         if exit_logits.shape != (f.shape[0], self.num_classes):
             raise GatingError(f"exit logits shape {tuple(exit_logits.shape)} != ({f.shape[0]}, "
                               f"{self.num_classes})")
-        z = ((f - self.mean) / self.scale).clamp(-self.clip, self.clip)
+        z = torch.addcmul(self.shift, f, self.inv_scale).clamp_(-self.clip, self.clip)
         p = exit_logits.float().softmax(1)
         probs = p if self.n_probs == self.num_classes else p.topk(self.n_probs, dim=1).values
         return torch.cat([z, probs, _stats(p)], 1)
 
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        # the layers called directly: at batch 1 the per-module call overhead is a large share
+        l0, l1, l2 = self.net[0], self.net[2], self.net[4]
+        x = F.relu(F.linear(x, l0.weight, l0.bias))
+        x = F.relu(F.linear(x, l1.weight, l1.bias))
+        return F.linear(x, l2.weight, l2.bias).squeeze(1)
+
     def logit(self, hidden: Any, exit_logits: torch.Tensor) -> torch.Tensor:
-        """The calibrated log-odds ``(batch,)``."""
-        return self.net(self.inputs(hidden, exit_logits)).squeeze(1) * self.platt[0] + self.platt[1]
+        """The calibrated log-odds ``(batch,)`` (Platt's scale and offset live in the last layer)."""
+        return self._mlp(self.inputs(hidden, exit_logits))
 
     def scores(self, hidden, exit_logits, *, previous=None, labels=None):
         """The log-odds that the exit agrees with the full model (monotone in the probability;
@@ -354,10 +362,10 @@ class LearnedGate(Gate, nn.Module):
             raise GatingError(f"fit needs at least 2 samples; got {n}")
         target = (exit_logits.argmax(1) == final_logits.argmax(1)).float()
         with torch.no_grad():
-            self.mean.copy_(f.mean(0))
-            rms = f.pow(2).mean(0).sqrt()
-            self.scale.copy_(torch.maximum(f.std(0), self.rel_floor * rms).clamp_min(1e-6))
-            self.platt.copy_(torch.tensor([1.0, 0.0]))
+            mean, rms = f.mean(0), f.pow(2).mean(0).sqrt()
+            scale = torch.maximum(f.std(0), self.rel_floor * rms).clamp_min(1e-6)
+            self.inv_scale.copy_(1.0 / scale)
+            self.shift.copy_(-mean / scale)
         x = self.inputs(f, exit_logits).detach()
         g = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng():
@@ -395,8 +403,10 @@ class LearnedGate(Gate, nn.Module):
             popt.step(closure)
             a, b = ab.detach()
             if a > 0:  # a non-positive slope would invert the ranking: keep the raw scores then
+                last = self.net[-1]  # a positive scalar scale and an offset: exact, no magnification
                 with torch.no_grad():
-                    self.platt.copy_(torch.stack([a, b]))
+                    last.weight.mul_(a)
+                    last.bias.mul_(a).add_(b)
         return self
 
 
