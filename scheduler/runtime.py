@@ -40,7 +40,7 @@ import math
 import os
 import threading
 import time
-from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -48,12 +48,14 @@ import torch
 from .cluster import DEVICE_FORMS, _init_loopback_ray, _parse_device, build_cluster, host_spec
 from .dispatch import Dispatcher, Stage
 from .errors import RuntimeClosedError, RuntimeConfigError
+from .runtime_adaptive import RuntimeAdaptive
+from .runtime_generation import RuntimeGeneration
+from .runtime_reporting import TIME_BASES, RuntimeReporting  # noqa: F401  (TIME_BASES: old import path)
 from .signature import InputSignature, TensorSpec, embedding_index_bounds
-from .stats import CallRecord, RuntimeStats, StatsRecorder
+from .stats import StatsRecorder
 
 __all__ = ["Runtime", "InputSignature", "TensorSpec", "DEVICE_FORMS", "host_spec", "build_cluster"]
 
-TIME_BASES = ("wall", "simulated")
 
 
 def _own_storage(x: Any) -> Any:
@@ -66,7 +68,7 @@ def _own_storage(x: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- Runtime
-class Runtime:
+class Runtime(RuntimeGeneration, RuntimeAdaptive, RuntimeReporting):
     """Capture, place, partition and deploy a model on Ray actors, then serve requests.
 
     Args:
@@ -581,259 +583,6 @@ class Runtime:
         """Results of many requests, pipelined (each item is one request's input tuple)."""
         futs = [self.submit(*x) for x in inputs]
         return [f.result(timeout=timeout) for f in futs]
-
-    # ------------------------------------------------------------ generation
-    def _gen(self):
-        if self._generation is None:
-            raise RuntimeConfigError(
-                f"this runtime cannot generate: its model is a {type(self.model).__name__}, not a "
-                f"graphs.models.Decoder served without a gate (or it is timing_only)")
-        if self._closed:
-            raise RuntimeClosedError("the runtime is shut down; it accepts no more generation requests")
-        return self._generation
-
-    @property
-    def generation_plan(self):
-        """The plan of the decoder's blocks for generation (None for other models)."""
-        return None if self._generation is None else self._generation.plan
-
-    @property
-    def generation_graph(self):
-        """The step graph the generation plan was made on (KV cache as ``state_bytes``)."""
-        return None if self._generation is None else self._generation.graph
-
-    @property
-    def generation_stages(self) -> tuple:
-        """The shard chain: :class:`scheduler.generation.GenStage` per shard, in block order."""
-        return () if self._generation is None else self._generation.stages
-
-    def prepare_generation(self) -> None:
-        """Load the decoder shards on their actors now (else the first generation does)."""
-        self._gen().engine()
-
-    def submit_generate(self, prompt: Any, max_new_tokens: int = 32, **kw: Any):
-        """Start generating; returns a :class:`scheduler.generation.GenerationFuture`.
-
-        ``prompt``: token ids (a list or a 1-D integer tensor). Keywords: ``temperature``
-        (0: greedy), ``top_k``, ``top_p``, ``seed``, ``stop`` (token ids that end the
-        sequence; default the tokenizer's EOS when the model has one), ``timeout``
-        (seconds from this call). Bad input raises here, before anything runs.
-
-        Example (needs Ray; see tests/scheduler/test_generation.py)::
-
-            fut = rt.submit_generate([1, 2, 3], max_new_tokens=8, temperature=0.7, seed=1)
-            print(fut.result().tokens)
-        """
-        return self._gen().submit(prompt, max_new_tokens, **kw)
-
-    def generate(self, prompt: Any, max_new_tokens: int = 32, **kw: Any):
-        """Generate and wait: a :class:`scheduler.generation.GenerationResult` (see
-        :meth:`submit_generate` for the arguments)."""
-        return self.submit_generate(prompt, max_new_tokens, **kw).result()
-
-    def generate_stream(self, prompt: Any, max_new_tokens: int = 32, **kw: Any):
-        """Generate, yielding each token id as it comes (see :meth:`submit_generate`)."""
-        g = self._gen()
-        fut = g.submit(prompt, max_new_tokens, stream=True, **kw)
-        return g.engine().stream(fut)
-
-    def generation_stats(self):
-        """Counters of generation: tokens, steps, batch sizes, busy time, energy
-        (:class:`scheduler.generation.GenerationStats`)."""
-        return self._gen().stats()
-
-    def reset_generation_stats(self) -> None:
-        """Zero the generation counters."""
-        self._gen().engine().reset_stats()
-
-    def kv_stats(self) -> dict:
-        """device -> KV caches its executor holds now: ``{"sequences", "bytes", "per_shard"}``."""
-        return self._gen().kv_stats()
-
-    def write_generation_gantt(self, path: str | os.PathLike, last: int = 60, **kw: Any) -> int:
-        """Gantt chart (PNG) of the last ``last`` shard calls of generation (prefills and
-        decode steps, on each device, in device time); returns the number of bars."""
-        from .trace import TraceEvent, gantt
-
-        steps = list(self.generation_stats().steps)[-last:]
-        if not steps:
-            raise RuntimeConfigError("no generation has run yet: nothing to draw")
-        t0 = min(s[2] for s in steps)
-        evs = [TraceEvent(f"{k} b={b}", d, st - t0, st - t0 + dur, category=k, args={"kind": k})
-               for k, d, st, dur, b, _ in steps]
-        kw.setdefault("title", f"{self.model.config.name}: generation, last {len(evs)} shard calls")
-        return gantt(evs, path, **kw)
-
-    def on_measurement(self, callback: Callable[[CallRecord], None]) -> None:
-        """Call ``callback(record)`` with a :class:`~scheduler.stats.CallRecord` for every
-        partition call measured from now on (from the runtime's completion thread: keep it
-        short)."""
-        if not callable(callback):
-            raise RuntimeConfigError(f"on_measurement needs a callable, got {type(callback).__name__}")
-        self._dispatcher.on_measurement.append(callback)
-
-    # --------------------------------------------------------------- adaptive
-    def _need_adaptive(self, what: str):
-        if self._adaptive is None:
-            raise RuntimeConfigError(f"{what} needs an adaptive runtime: build it with "
-                                     f"Runtime(..., adaptive=True)")
-        return self._adaptive
-
-    @property
-    def plan_version(self) -> int:
-        """The current plan version (0: the initial plan; always 0 unless adaptive)."""
-        return 0 if self._adaptive is None else self._adaptive.version
-
-    @property
-    def versions(self) -> tuple:
-        """Every plan version made (:class:`scheduler.adaptive.PlanVersion`), oldest first;
-        empty unless adaptive."""
-        return () if self._adaptive is None else self._adaptive.controller.versions
-
-    @property
-    def controller(self):
-        """The :class:`scheduler.adaptive.ReplanController` (None unless adaptive)."""
-        return None if self._adaptive is None else self._adaptive.controller
-
-    def replan(self, reason: str = "requested"):
-        """Re-plan now with the policy on the calibrated model, excluding failed devices,
-        and deploy the new version if the placement changed (returns it, else None)."""
-        return self._need_adaptive("replan()").replan(reason)
-
-    def adaptive_events(self) -> list:
-        """Drift alarms, failures, recoveries, re-plans, deployments and retirements
-        (:class:`scheduler.adaptive.AdaptiveEvent`), oldest first; empty unless adaptive."""
-        return [] if self._adaptive is None else self._adaptive.controller.events()
-
-    def set_slowdown(self, device: str, factor: float = 1.0, *, schedule: Any = None,
-                     origin: float | None = None) -> None:
-        """Simulation knob: make simulated ``device`` ``factor`` times slower from now on, or
-        follow ``schedule`` (``[(seconds after origin, factor), ...]``, ``origin`` a wall
-        clock time, default now); see :meth:`executors.simulated.SimulatedExecutor.set_slowdown`.
-        The actor takes it at once (its ``control`` group), even while partitions run."""
-        import ray
-
-        self.cluster.check(device)
-        actor = self._actors.get(device)
-        if actor is None:
-            raise RuntimeConfigError(f"device {device!r} runs no executor actor (the plan does not "
-                                     f"use it); devices with actors: {', '.join(sorted(self._actors))}")
-        ray.get(actor.set_slowdown.remote(factor, schedule=schedule, origin=origin))
-
-    def inject_failure(self, device: str, mode: str = "kill", seconds: float | None = None) -> None:
-        """Fault injection (adaptive runtimes): ``"kill"`` ``device``'s actor for good (the
-        device stays unavailable for ``seconds``, None: for ever), ``"crash"`` it (Ray
-        restarts it), or make it ``"hang"`` (stop answering) for ``seconds``."""
-        self._need_adaptive("inject_failure()").inject_failure(device, mode, seconds)
-
-    # -------------------------------------------------------------- reporting
-    def stats(self) -> RuntimeStats:
-        """Latency percentiles, throughput, per-device busy time and utilisation (wall and
-        simulated), energy per request on simulated devices, retries, requests in flight."""
-        if self._dispatcher is not None:
-            self._dispatcher.flush()
-        s = self.recorder.summary(in_flight=self._dispatcher.in_flight if self._dispatcher else 0)
-        if self._adaptive is None:
-            return s
-        import dataclasses
-
-        ev = tuple(self._adaptive.controller.events())
-        return dataclasses.replace(
-            s, plan_version=self._adaptive.version,
-            replans=sum(e.kind == "deployed" for e in ev),
-            failures=sum(e.kind == "failure" for e in ev),
-            recoveries=sum(e.kind == "recovery" for e in ev), events=ev)
-
-    def measurements(self) -> list[CallRecord]:
-        """The kept partition-call measurements (:class:`~scheduler.stats.CallRecord`, up to
-        ``history``), oldest first."""
-        if self._dispatcher is not None:
-            self._dispatcher.flush()
-        return self.recorder.measurements()
-
-    def requests(self) -> list:
-        """The kept finished-request records (:class:`scheduler.stats.RequestRecord`)."""
-        if self._dispatcher is not None:
-            self._dispatcher.flush()
-        return self.recorder.requests()
-
-    def reset_stats(self) -> None:
-        """Forget the measurements so far (e.g. after a warm-up)."""
-        if self._dispatcher is not None:
-            self._dispatcher.flush()
-        self.recorder.reset()
-
-    @property
-    def predicted_makespan(self) -> float:
-        """Seconds of one request along the partition DAG by the cost model's predictions."""
-        from .stats import dag_makespan
-
-        return dag_makespan(self._sim_dag, self.predicted, self._transfer_time)
-
-    def events(self, time: str = "wall") -> list:
-        """Trace events (:class:`scheduler.trace.TraceEvent`) of the recorded partition
-        calls, in measured wall time (``"wall"``, seconds since the first call) or in
-        simulated time (``"simulated"``: simulated durations; with ``pace`` the wall start
-        times are rescaled, without it each device replays its calls back to back in the
-        order they ran, each starting when its inputs' partitions have finished)."""
-        from .trace import TraceEvent
-
-        if time not in TIME_BASES:
-            from graphs.errors import UnknownNameError
-
-            raise UnknownNameError("time base", time, TIME_BASES)
-        ms = sorted(self.measurements(), key=lambda m: m.start)
-        if not ms:
-            return []
-        t0 = ms[0].start
-        out = []
-        if self._adaptive is not None and (time == "wall" or self.pace):
-            scale = 1.0 if time == "wall" else 1.0 / self.pace
-            for e in self._adaptive.controller.events():
-                at = max(0.0, (e.time - t0) * scale)
-                out.append(TraceEvent(e.kind, "adaptive", at, at, category="adaptive",
-                                      args={"version": e.version, "device": e.device or "",
-                                            "detail": e.detail}))
-        if time == "wall":
-            for m in ms:
-                out.append(TraceEvent(f"p{m.partition}", m.device, m.start - t0, m.start - t0 + m.wall,
-                                      request=m.request, args={"partition": m.partition,
-                                                               "attempt": m.attempt,
-                                                               "version": m.version}))
-            return out
-        if self.pace:
-            for m in ms:
-                s = (m.start - t0) / self.pace
-                out.append(TraceEvent(f"p{m.partition}", m.device, s, s + m.duration,
-                                      request=m.request, args={"partition": m.partition}))
-            return out
-        free: dict[str, float] = {}
-        fin: dict[tuple, float] = {}
-        for m in ms:
-            dep = self._adaptive.deployment(m.version) if self._adaptive is not None else None
-            dag, tr = (self._sim_dag, self._transfer) if dep is None else (dep.dag, dep.transfer)
-            ready = max((fin.get((m.request, m.attempt, q), 0.0) + tr.get((q, m.partition), 0.0)
-                         for q in dag.predecessors(m.partition) if isinstance(q, int)), default=0.0)
-            s = max(ready, free.get(m.device, 0.0))
-            e = s + m.duration
-            free[m.device] = e
-            fin[(m.request, m.attempt, m.partition)] = e
-            out.append(TraceEvent(f"p{m.partition}", m.device, s, e, request=m.request,
-                                  args={"partition": m.partition}))
-        return out
-
-    def write_trace(self, path: str | os.PathLike, time: str = "wall") -> dict:
-        """Write a Chrome / Perfetto trace of what ran where; returns the JSON document."""
-        from .trace import to_chrome_trace
-
-        return to_chrome_trace(self.events(time), path)
-
-    def write_gantt(self, path: str | os.PathLike, time: str = "wall", **kw: Any) -> int:
-        """Draw a Gantt chart (PNG) of what ran where; returns the number of bars."""
-        from .trace import gantt
-
-        kw.setdefault("title", f"{self.graph.name}: {self.plan.policy} ({time} time)")
-        return gantt(self.events(time), path, **kw)
 
     # -------------------------------------------------------------- lifecycle
     @property
