@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import networkx as nx
 import torch
 from torch import nn
+
+from graphs.exits import state_tensors
+from policies.gating.gates import decision_inputs
 
 from .errors import RuntimeConfigError
 
@@ -116,8 +119,6 @@ class GateDecision(nn.Module):
         self.gate = gate
 
     def forward(self, logits: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        from policies.gating import decision_inputs
-
         view, logits = decision_inputs(hidden if mask is None else (hidden, mask), logits)
         return self.gate.decide(view, logits).all()
 
@@ -155,8 +156,6 @@ class ExitSegment(nn.Module):
 
     def forward(self, x: torch.Tensor, extra1: Any = None, extra2: Any = None, extra3: Any = None):
         # fixed arity (fx cannot trace *args): the state's extras, up to MAX_EXTRAS of them
-        from graphs.exits import state_tensors
-
         if self.start == 0:  # from the model's input: the stem (embeddings, patches, ...)
             state = self.model.run_stages(self.model.embed(x), 0, self.depth)
         else:
@@ -353,7 +352,7 @@ def build_gated(model: nn.Module, example_inputs: tuple, gate: Any, exit_depth: 
                                          f"the state has {len(state_names)} tensors")
             ren.update(zip(spm.input_names, state_names))
             dag.add_edge(k - 1, k)
-            if 0 not in dag.predecessors(k) and k - 1 != 0 and len(state_names) > 1:
+            if len(state_names) > 1:
                 dag.add_edge(0, k)  # the state's extras come from the first segment
         names = [ren[n] for n in spm.output_spec.names]
         if len(names) < 3:  # pragma: no cover - (*state, e, go)
@@ -376,7 +375,7 @@ def build_gated(model: nn.Module, example_inputs: tuple, gate: Any, exit_depth: 
         dag.add_node(K + p.id)
         if any(n in p.inputs for n in dpm.input_names):
             dag.add_edge(K - 1, K + p.id)
-            if len(state_names) > 1 and K > 1:
+            if len(state_names) > 1:
                 dag.add_edge(0, K + p.id)  # the state's extras come from the first segment
     for u, v, a in dpm.dag.edges(data=True):
         dag.add_edge(K + u, K + v, **a)

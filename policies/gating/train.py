@@ -26,11 +26,12 @@ cache cannot execute code; anything else is refused with a :class:`PolicyError`.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -48,15 +49,10 @@ DEFAULT_CACHE = os.path.join(ROOT, ".cache", "gating")
 MODES = ("joint", "frozen", "heads")
 
 
-def _text_classifier():
-    from graphs.text import ExitTextClassifier
-    return ExitTextClassifier
-
-
-#: Built-in exit models by name: constructors (the text classifier is imported on use).
-EXIT_MODELS = {"cnn": lambda: __import__("graphs.vision", fromlist=["ExitCNN"]).ExitCNN,
-               "vit": lambda: __import__("graphs.vision", fromlist=["ExitViT"]).ExitViT,
-               "text": _text_classifier}
+#: Built-in exit models by name: ``module:class`` (imported on use, so the text model's
+#: module loads only when it is asked for).
+EXIT_MODELS = {"cnn": "graphs.vision:ExitCNN", "vit": "graphs.vision:ExitViT",
+               "text": "graphs.text:ExitTextClassifier"}
 
 
 def exit_model(name: str, **kwargs) -> ExitModel:
@@ -72,7 +68,8 @@ def exit_model(name: str, **kwargs) -> ExitModel:
     """
     if name not in EXIT_MODELS:
         raise UnknownNameError("exit model", name, EXIT_MODELS)
-    return EXIT_MODELS[name]()(**kwargs)
+    module, cls = EXIT_MODELS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(**kwargs)
 
 
 def fingerprint(*objs) -> str:
