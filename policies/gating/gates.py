@@ -338,15 +338,19 @@ class LearnedGate(Gate, nn.Module):
     def forward(self, hidden: torch.Tensor, exit_logits: torch.Tensor) -> torch.Tensor:
         return self.scores(hidden, exit_logits)
 
-    def fit(self, hiddens: Any, exit_logits: torch.Tensor, final_logits: torch.Tensor,
+    def fit(self, hiddens: Any, exit_logits: torch.Tensor, final_logits: torch.Tensor | None,
             epochs: int = 30, lr: float = 3e-3, batch_size: int = 512, seed: int = 0,
-            holdout: float = 0.2, weight_decay: float = 1e-2) -> "LearnedGate":
+            holdout: float = 0.2, weight_decay: float = 1e-2, *,
+            agree: torch.Tensor | None = None) -> "LearnedGate":
         """Self-distillation: fit P(exit argmax == full-model argmax) by binary cross-entropy.
 
         ``hiddens`` are the hidden states, gate views ``(hidden, mask)`` or already pooled
         features of unlabeled inputs; ``exit_logits`` and ``final_logits`` the exit's and the
         full model's outputs on them. Fit on inputs the exit heads did not train on: on their
-        own training data the heads are over-confident, and so would the gate be. Seeded: the
+        own training data the heads are over-confident, and so would the gate be. ``agree``
+        (0/1 per sample) replaces the argmax comparison where the exit's classes are not the
+        full model's (a token exit over a shortlist of the vocabulary); ``final_logits`` is
+        then None. Seeded: the
         same data and seed give the same gate. The MLP trains on ``1 - holdout`` of them; its
         log-odds are then Platt-scaled on the held-out rest (Platt, 1999), so that gates at
         different exits output comparable, not over-confident, log-odds.
@@ -355,12 +359,16 @@ class LearnedGate(Gate, nn.Module):
             raise GatingError(f"holdout must be in [0, 1); got {holdout!r}")
         n = exit_logits.shape[0]
         f = self.features(hiddens).detach()
-        if final_logits.shape != exit_logits.shape or f.shape[0] != n:
+        ref = agree if final_logits is None else final_logits
+        if ref is None or f.shape[0] != n or (final_logits is not None and final_logits.shape != exit_logits.shape) \
+                or (final_logits is None and tuple(agree.shape) != (n,)):
             raise GatingError(f"fit needs matching batches: {f.shape[0]} hidden states, exit logits "
-                              f"{tuple(exit_logits.shape)}, final logits {tuple(final_logits.shape)}")
+                              f"{tuple(exit_logits.shape)}, final logits or agreement "
+                              f"{None if ref is None else tuple(ref.shape)}")
         if n < 2:
             raise GatingError(f"fit needs at least 2 samples; got {n}")
-        target = (exit_logits.argmax(1) == final_logits.argmax(1)).float()
+        target = (agree.float() if final_logits is None
+                  else (exit_logits.argmax(1) == final_logits.argmax(1)).float())
         with torch.no_grad():
             mean, rms = f.mean(0), f.pow(2).mean(0).sqrt()
             scale = torch.maximum(f.std(0), self.rel_floor * rms).clamp_min(1e-6)
