@@ -93,6 +93,7 @@ class StepMeta:
     context: int  # sum over the batch of the cached positions before the step
     kv_bytes: int  # bytes of all KV caches this executor holds after the step (every shard)
     sequences: int  # live sequences on this executor after the step (with a cache in any shard)
+    exit: dict | None = None  # token-exit counters of the call (graphs.exit_decoding.ExitStepInfo), if any
 
     @property
     def end(self) -> float:
@@ -336,7 +337,7 @@ class Executor(ABC):
 
     def step(self, shard_id: int, seq_ids: Sequence[int], x: torch.Tensor, *,
              reserve: Sequence[int] | None = None, sample: Sequence[tuple] | None = None,
-             all_logits: bool = False, steps: int = 1) -> tuple[torch.Tensor, StepMeta]:
+             all_logits: bool = False, steps: int = 1, exit: dict | None = None) -> tuple[torch.Tensor, StepMeta]:
         """One prefill or decode step of the sequences ``seq_ids`` on shard ``shard_id``.
 
         Parameters:
@@ -358,6 +359,17 @@ class Executor(ABC):
                 decoding: one call, and so one Ray round trip, per ``steps`` tokens); returns
                 the token ids ``(B, steps)``. The caller keeps ``steps`` within every
                 sequence's reserved room and drops what follows a stop token.
+            exit: decode with token exits on a :class:`graphs.exit_decoding.ExitDecoderShard`
+                (greedy): ``{"mode": "lossy" | "speculative", "gate": name, "thresholds":
+                per-exit (lossy), "threshold": the draft threshold, "max_draft", "exit_index"
+                (speculative), "limits": tokens each sequence may still emit, "lengths": its
+                confirmed cache positions}``. The first shard takes each sequence's last token
+                ``(B, 1)``, the others the state the shard before returned
+                (:class:`graphs.exit_decoding.ExitState` or ``DraftState``); a shard that is
+                the whole decoder runs ``steps`` lossy steps or speculative rounds, each
+                sequence within its limit, a shard of a chain its part of one. The last shard
+                returns the token ids ``(B, n)`` padded with -1 (rows emit different numbers
+                of tokens); the counters are in ``meta.exit``.
 
         Returns:
             ``(output, meta)``: the output as a CPU tensor (hidden states ``(B, T, hidden)``,
@@ -385,9 +397,13 @@ class Executor(ABC):
         """
         entry = self._shard_entry(shard_id)
         shard = entry.shard
-        seq_ids, reserve, sample = self._check_step(shard, seq_ids, x, reserve, sample, all_logits)
-        if steps != 1 and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
-                           or sample is None or not (shard.first and shard.last)):
+        if exit is not None:
+            seq_ids = tuple(int(v) for v in seq_ids)
+            self._check_exit(shard, x, reserve, sample, all_logits, exit, len(seq_ids), steps)
+        else:
+            seq_ids, reserve, sample = self._check_step(shard, seq_ids, x, reserve, sample, all_logits)
+        if exit is None and steps != 1 and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
+                                            or sample is None or not (shard.first and shard.last)):
             raise ExecutorError(f"{self.device}: steps={steps!r} needs an int >= 1, sample=, and a shard "
                                 f"that is the whole decoder (this one: {shard.blocks[0]}..{shard.blocks[-1]})")
         if reserve is None:
@@ -403,8 +419,12 @@ class Executor(ABC):
         context = sum(kv.length for kv in caches)
         start = time.time()
         t0 = time.perf_counter()
+        info = None
         try:
-            if steps == 1:
+            if exit is not None:
+                out, info = self._exit_entry(entry, x, caches, exit, steps)
+                duration = self._exit_duration(shard, info.pop("work", []), context / max(len(seq_ids), 1))
+            elif steps == 1:
                 out, duration = self._step_entry(entry, x, caches, all_logits, sample)
             else:
                 toks, duration = [], 0.0
@@ -437,9 +457,103 @@ class Executor(ABC):
         kv = self.kv_stats()
         meta = StepMeta(device=self.device, shard=shard.id, start=start, duration=float(duration), wall=wall,
                         simulated=self.kind == "sim", batch=len(seq_ids),
-                        new_tokens=int(x.shape[1]) if steps == 1 else steps,
-                        context=int(context), kv_bytes=kv["bytes"], sequences=kv["sequences"])
+                        new_tokens=(steps if exit is not None or steps != 1 else int(x.shape[1])),
+                        context=int(context), kv_bytes=kv["bytes"], sequences=kv["sequences"], exit=info)
         return out, meta
+
+    def _check_exit(self, shard: Any, x: Any, reserve: Any, sample: Any, all_logits: bool,
+                    exit: Any, batch: int, steps: int) -> None:
+        from graphs.exit_decoding import EXIT_MODES
+
+        where = f"{self.device}: exit step of shard {shard.id}"
+        if not hasattr(shard, "draft_part"):
+            raise ExecutorError(f"{where}: exit= needs a graphs.exit_decoding.ExitDecoderShard, this shard is a "
+                                f"{type(shard).__name__}")
+        if not isinstance(exit, dict) or exit.get("mode") not in EXIT_MODES[1:]:
+            raise ExecutorError(f"{where}: exit must be a dict with mode in {EXIT_MODES[1:]}; got {exit!r}")
+        if reserve is not None or sample is not None or all_logits:
+            raise ExecutorError(f"{where}: an exit step decodes; it takes no reserve=, sample= or all_logits")
+        if shard.first and not (isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[1] == 1
+                                and x.dtype == torch.long):
+            raise ExecutorError(f"{where}: x must be each sequence's last token (B, 1) int64")
+        if not shard.first and not hasattr(x, "batch"):
+            raise ExecutorError(f"{where}: x must be the previous shard's ExitState or DraftState, got "
+                                f"{type(x).__name__}")
+        if (x.shape[0] if isinstance(x, torch.Tensor) else x.batch) != batch:
+            raise ExecutorError(f"{where}: {batch} sequence ids for a batch of "
+                                f"{x.shape[0] if isinstance(x, torch.Tensor) else x.batch}")
+        for key in ("limits", "lengths"):
+            if len(exit.get(key, ())) != batch:
+                raise ExecutorError(f"{where}: exit[{key!r}] needs one value per sequence ({batch})")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 \
+                or (steps != 1 and not (shard.first and shard.last)):
+            raise ExecutorError(f"{where}: steps={steps!r} must be an int >= 1, and 1 unless the shard is the "
+                                f"whole decoder")
+
+    def _exit_entry(self, entry: Any, x: Any, caches: list, exit: dict, steps: int) -> tuple[Any, dict]:
+        """Run the exit decoding of this shard (see :meth:`step`): ``(output, counters)``. The
+        whole decoder runs ``steps`` lossy steps or speculative rounds and returns the token
+        ids padded with -1; a shard of a chain runs its part of one step or round and returns
+        the state for the next shard, or (the last) the tokens."""
+        from graphs.exit_decoding import ExitStepInfo
+
+        module = entry.prepared
+        param = next(module.parameters())
+        if isinstance(x, torch.Tensor):
+            x = x.to(param.device)
+        elif x.hidden.device != param.device:
+            x.hidden = x.hidden.to(param.device)
+        info = ExitStepInfo(len(module.exit_layers))
+        info["mode"] = mode = exit["mode"]
+        lengths = [int(v) for v in exit["lengths"]]
+        args = (exit["gate"], exit["thresholds"]) if mode == "lossy" else None
+        with torch.no_grad():
+            if not (module.first and module.last):
+                if mode == "lossy":
+                    out = module.exit_part(x[:, 0] if module.first else x, caches, *args, info=info,
+                                           lengths=lengths)
+                    rows = [[t] for t in out.tolist()] if module.last else None
+                elif module.first:
+                    out = module.draft_part(x[:, 0], caches, exit["gate"], exit["threshold"], exit["max_draft"],
+                                            exit["limits"], exit.get("exit_index", 0), info=info, lengths=lengths)
+                    rows = out if module.last else None
+                else:
+                    out = module.verify_part(x, caches, info=info, lengths=lengths)
+                    rows = out if module.last else None
+                if rows is None:
+                    return out, info
+            else:
+                b = x.shape[0]
+                rows = [[] for _ in range(b)]
+                limits = [int(v) for v in exit["limits"]]
+                last = x[:, 0].clone()
+                for step in range(steps):
+                    act = [i for i in range(b) if limits[i] > 0]
+                    if not act:
+                        break
+                    idx = torch.tensor(act)
+                    cs = [caches[i] for i in act]
+                    lens = [lengths[i] for i in act] if step == 0 else None
+                    if mode == "lossy":
+                        new = [[t] for t in module.exit_step(last[idx], cs, *args, info, lengths=lens).tolist()]
+                    else:
+                        new = module.speculate(last[idx], cs, exit["gate"], exit["threshold"], exit["max_draft"],
+                                               [limits[i] for i in act], exit.get("exit_index", 0), info,
+                                               lengths=lens)
+                    for i, r in zip(act, new):
+                        rows[i].extend(r)
+                        limits[i] -= len(r)
+                        last[i] = r[-1]
+        n = max(len(r) for r in rows)
+        out = torch.full((len(rows), n), -1, dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        info["tokens"] = sum(len(r) for r in rows)
+        return out, info
+
+    def _exit_duration(self, shard: Any, work: list, context: float) -> float | None:
+        """Seconds the device took for an exit call's ``work`` (None: the measured wall time)."""
+        return None
 
     def free(self, seq_ids: Sequence[int]) -> int:
         """Drop the caches of ``seq_ids`` in every shard here; returns the bytes freed.

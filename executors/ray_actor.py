@@ -293,8 +293,8 @@ class ExecutorHost:
         return int(shard.id)
 
     def step(self, shard_id: int, seq_ids: tuple, x: Any, *, reserve: tuple | None = None,
-             sample: tuple | None = None, all_logits: bool = False, steps: int = 1
-             ) -> tuple[Any, StepMeta]:
+             sample: tuple | None = None, all_logits: bool = False, steps: int = 1,
+             exit: dict | None = None) -> tuple[Any, StepMeta]:
         """One step of a hosted shard: ``(output, StepMeta)``; call it with
         ``.options(num_returns=2)`` so the output and the meta are separate objects (see
         :meth:`executors.base.Executor.step`).
@@ -312,7 +312,7 @@ class ExecutorHost:
         """
         self._pin_threads()
         return self.executor.step(shard_id, seq_ids, x, reserve=reserve, sample=sample,
-                                  all_logits=all_logits, steps=steps)
+                                  all_logits=all_logits, steps=steps, exit=exit)
 
     def free(self, seq_ids: tuple) -> int:
         """Drop these sequences' caches in every hosted shard; returns the bytes freed."""

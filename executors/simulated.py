@@ -119,6 +119,59 @@ def shard_step_time(cost_model: Any, device: str, shard: Any, batch: int, new_to
     return float(sum(cost_model.node_time(g, b, device) for b in blocks))
 
 
+def price_exit_work(cost_model: Any, device: str, config: Any, work: Sequence[tuple], context: float,
+                    shortlist: int, itemsize: int = 4) -> float:
+    """Seconds ``work`` (what :mod:`graphs.exit_decoding` reports a call computed) takes on
+    ``device``: runs of layers as :func:`shard_step_time` prices them (batch, new tokens),
+    the final norm and ``lm_head`` per row, an exit head (adapter + shortlist rows + gate)
+    and the KV fill of skipped layers as matmul nodes of their FLOPs and weight bytes.
+
+    Example:
+        >>> from executors.profiles import cluster
+        >>> from graphs.models import get_config
+        >>> from policies.roofline import RooflineCostModel
+        >>> cm = RooflineCostModel(cluster(["atlas-200i-a2"]))
+        >>> c = get_config("tiny-llama")
+        >>> one = price_exit_work(cm, "atlas-200i-a2", c, [("layers", 0, 2, 1, 1)], 8, 64)
+        >>> one == shard_step_time(cm, "atlas-200i-a2", (c, ("layers.0", "layers.1")), 1, 1, 8)
+        True
+    """
+    from graphs.opgraph import OpGraph
+
+    c = config
+    h = c.hidden
+    dtype = {2: "float16", 4: "float32"}.get(itemsize, "float32")
+
+    def node(name: str, flops: float, nbytes: float) -> float:
+        g = OpGraph(granularity="layer", name=name)
+        g.add_node(name, op="group", target=name, module=name, layer=None, members=(name,), kinds={"matmul": 2},
+                   dtype=dtype, state_bytes=0, kind="matmul", flops=flops, param_bytes=nbytes, bytes_in=nbytes,
+                   bytes_out=0)
+        return float(cost_model.node_time(g, name, device))
+
+    total = 0.0
+    for w in work:
+        if w[0] == "layers":
+            _, a, b, batch, t = w
+            total += shard_step_time(cost_model, device, (c, tuple(f"layers.{j}" for j in range(a, b))), batch, t,
+                                     context, itemsize)
+        elif w[0] == "embed":
+            total += shard_step_time(cost_model, device, (c, ("embed_tokens",)), w[1], 1, context, itemsize)
+        elif w[0] == "lm_head":
+            total += shard_step_time(cost_model, device, (c, ("norm", "lm_head")), w[1], 1, context, itemsize)
+        elif w[0] == "head":
+            rows = w[1]
+            total += node("exit_head", rows * (2.0 * h * (h + shortlist) + 2.0 * (h + 67) * 64),
+                          (h * h + shortlist * h) * itemsize)
+        elif w[0] == "fill":
+            n, rows = w[1], w[2]
+            kvw = n * 2 * c.num_kv_heads * c.head_dim * h
+            total += node("kv_fill", rows * 2.0 * kvw, kvw * itemsize)
+        else:
+            raise ValueError(f"unknown exit work {w[0]!r}; valid: embed, layers, lm_head, head, fill")
+    return total
+
+
 class _SpecRoofline:
     """The roofline of a lone :class:`DeviceSpec`, for a simulated executor without a cost
     model: ``launches * launch_overhead + max(flops / peak, bytes / bandwidth)`` per node."""
@@ -252,6 +305,19 @@ class SimulatedExecutor(Executor):
 
     def _prepare_module(self, module: torch.nn.Module) -> torch.nn.Module:
         return to_meta(module) if self.timing_only else module
+
+    def _cost(self) -> Any:
+        """The cost model that prices this device (its own roofline without one)."""
+        return self.cost_model if self.cost_model is not None else _SpecRoofline(self.spec)
+
+    def _exit_duration(self, shard: Any, work: list, context: float) -> float | None:
+        """Token-exit decoding computes on the host; its device time is the cost model's price
+        of the work it reports (:func:`price_exit_work`), slowed down and paced as any step."""
+        t0 = time.perf_counter()
+        itemsize = next(shard.parameters()).element_size()
+        t = price_exit_work(self._cost(), self.device, shard.config, work, context,
+                            int(shard.exits.shortlist.numel()), itemsize)
+        return self._paced(t, t0)
 
     def _step_entry(self, entry: Any, x: torch.Tensor, caches: list, all_logits: bool,
                     sample: Sequence[tuple] | None) -> tuple[torch.Tensor, float | None]:

@@ -118,9 +118,9 @@ _END = object()
 
 class _Seq:
     __slots__ = ("sid", "prompt", "out", "max_new", "sampling", "stops", "future", "stream",
-                 "deadline", "t0", "t_first", "retries", "state", "cache_on", "dead")
+                 "deadline", "t0", "t_first", "retries", "state", "cache_on", "dead", "exit_mode")
 
-    def __init__(self, sid, prompt, max_new, sampling, stops, future, stream, deadline):
+    def __init__(self, sid, prompt, max_new, sampling, stops, future, stream, deadline, exit_mode="full"):
         self.sid = sid
         self.prompt = prompt
         self.out: list[int] = []
@@ -136,6 +136,7 @@ class _Seq:
         self.state = "waiting"  # waiting (needs prefill) | ready (needs decode) | busy
         self.cache_on = False
         self.dead = False  # finished while a step was in flight
+        self.exit_mode = exit_mode  # "full", "lossy" or "speculative" (graphs.exit_decoding)
 
 
 class GenerationEngine:
@@ -177,7 +178,8 @@ class GenerationEngine:
 
     def __init__(self, stages: Sequence[GenStage], actors: Mapping[str, Any], shards: Mapping[int, Any],
                  config: GenerationConfig, *, model_config: Any, power: Mapping[str, Any] | None = None,
-                 max_retries: int = 3, recovery_timeout: float = 30.0, tokenizer: Any = None):
+                 max_retries: int = 3, recovery_timeout: float = 30.0, tokenizer: Any = None,
+                 exits: Mapping[str, Any] | None = None):
         self.stages = tuple(stages)
         self.actors = dict(actors)
         self.shards = dict(shards)
@@ -187,6 +189,7 @@ class GenerationEngine:
         self.max_retries = max_retries
         self.recovery_timeout = recovery_timeout
         self.tokenizer = tokenizer
+        self.exits = dict(exits) if exits else None  # token-exit settings (GenerationService)
         self._devices = tuple(dict.fromkeys(s.device for s in self.stages))
         self.lanes = config.lanes or len(self._devices)
         self._inbox: queue.Queue = queue.Queue()
@@ -228,7 +231,7 @@ class GenerationEngine:
 
     # ------------------------------------------------------------ API
     def submit(self, prompt: Sequence[int], max_new_tokens: int, sampling: Any, stop_ids: Sequence[int],
-               timeout: float | None, stream: bool = False) -> GenerationFuture:
+               timeout: float | None, stream: bool = False, exit_mode: str = "full") -> GenerationFuture:
         """Queue one sequence; returns its future (see :meth:`scheduler.Runtime.generate`)."""
         if self._closed:
             raise RuntimeClosedError("the runtime is shut down; it accepts no more generation requests")
@@ -236,7 +239,7 @@ class GenerationEngine:
         fut = GenerationFuture(self, sid)
         q = queue.Queue() if stream else None
         deadline = None if timeout is None else time.perf_counter() + timeout
-        seq = _Seq(sid, list(prompt), max_new_tokens, sampling, frozenset(stop_ids), fut, q, deadline)
+        seq = _Seq(sid, list(prompt), max_new_tokens, sampling, frozenset(stop_ids), fut, q, deadline, exit_mode)
         fut._stream = q  # type: ignore[attr-defined]
         with self._lock:
             self._open.add(sid)
@@ -271,7 +274,7 @@ class GenerationEngine:
             prefill_calls=s["prefills"], decode_steps=s["steps"],
             mean_decode_batch=s["step_members"] / s["steps"] if s["steps"] else 0.0, wall=wall,
             busy=busy, energy=energy, simulated=s["simulated"], kv_bytes_peak=s["kv_peak"],
-            retries=s["retries"], steps=steps)
+            retries=s["retries"], steps=steps, exit=self._exit_summary(s))
 
     def reset_stats(self) -> None:
         """Zero the counters (sequences in flight keep going)."""
@@ -283,6 +286,16 @@ class GenerationEngine:
                         t_first=None, t_last=0.0, simulated=False, kv_peak=0, retries=0)
         self._busy: dict[str, float] = {}
         self._steps: collections.deque = collections.deque(maxlen=100_000)
+        self._exit_counts: dict[str, dict] = {}  # mode -> summed ExitStepInfo counters
+
+    def _exit_summary(self, s: dict) -> dict | None:
+        """Per exit mode used: tokens, exit rate per exit layer, draft acceptance, tokens per
+        full-model pass and the share of decode FLOPs saved against the model without exits."""
+        if not self._exit_counts or not self.exits:
+            return None
+        from policies.gating.token_exit import exit_compute
+
+        return {mode: exit_compute(mode, c, self.exits) for mode, c in self._exit_counts.items()}
 
     @property
     def in_flight(self) -> int:
@@ -372,17 +385,24 @@ class GenerationEngine:
         # a lane leaves with a full share of the active sequences, or with what is ready when
         # no decode step is in flight (nothing else will come back to fill it)
         while self._ready and decode_busy < self.lanes and (len(self._ready) >= size or decode_busy == 0):
-            sids = []
+            sids, other = [], []
+            mode = None
             while self._ready and len(sids) < size:
                 sid = self._ready.popleft()
                 if sid in self._seqs:
-                    sids.append(sid)
+                    m = self._seqs[sid].exit_mode
+                    if mode is None or m == mode:  # a decode call runs one exit mode
+                        mode = m
+                        sids.append(sid)
+                    else:
+                        other.append(sid)
+            self._ready.extendleft(reversed(other))
             if sids:
                 self._issue_decode([self._seqs[s] for s in sids])
                 decode_busy += 1
 
     def _chain(self, kind: str, seqs: list[_Seq], x: torch.Tensor, reserve: tuple | None,
-               steps: int = 1) -> None:
+               steps: int = 1, exit: dict | None = None) -> None:
         sids = tuple(s.sid for s in seqs)
         ref: Any = x
         metas = []
@@ -391,7 +411,9 @@ class GenerationEngine:
             kw: dict[str, Any] = {}
             if reserve is not None:
                 kw["reserve"] = reserve
-            if i == last:
+            if exit is not None:  # every shard of the chain takes part in exit decoding
+                kw.update(exit=exit, steps=steps)
+            elif i == last:
                 kw["sample"] = tuple((s.sampling, len(s.out)) for s in seqs)
                 if steps > 1:
                     kw["steps"] = steps
@@ -415,6 +437,20 @@ class GenerationEngine:
     def _issue_decode(self, seqs: list[_Seq]) -> None:
         x = torch.tensor([[s.out[-1]] for s in seqs], dtype=torch.long)
         steps = 1
+        mode = seqs[0].exit_mode
+        if mode != "full":  # lossy steps or speculative rounds, each sequence within its budget
+            e = self.exits
+            exit = dict(mode=mode, gate=e["gate"], thresholds=e["thresholds"], threshold=e["threshold"],
+                        max_draft=e["max_draft"], exit_index=e["exit_index"],
+                        limits=tuple(s.max_new - len(s.out) for s in seqs),
+                        lengths=tuple(len(s.prompt) + len(s.out) - 1 for s in seqs))
+            # the whole decoder on one device: several steps (rounds) per call; a chain: one
+            steps = self.config.steps_per_call if len(self.stages) == 1 else 1
+            with self._lock:
+                self._st["steps"] += 1
+                self._st["step_members"] += len(seqs)
+            self._chain("decode", seqs, x, None, steps, exit)
+            return
         if len(self.stages) == 1:  # multi-step: within every member's budget
             steps = max(1, min(self.config.steps_per_call, *(s.max_new - len(s.out) for s in seqs)))
         with self._lock:
@@ -445,6 +481,8 @@ class GenerationEngine:
                 continue
             end = None
             for tok in row:  # a multi-step call's tokens after a stop are dropped
+                if tok < 0:  # padding of an exit call's shorter rows
+                    break
                 s.out.append(int(tok))
                 if s.t_first is None:
                     s.t_first = now
@@ -472,6 +510,13 @@ class GenerationEngine:
                 self._st["simulated"] = self._st["simulated"] or bool(m.simulated)
                 self._st["kv_peak"] = max(self._st["kv_peak"], int(m.kv_bytes))
                 self._steps.append((kind, m.device, m.start, m.duration, m.batch, m.shard))
+                if getattr(m, "exit", None):
+                    acc = self._exit_counts.setdefault(m.exit.get("mode", "?"), {})
+                    for k, v in m.exit.items():
+                        if isinstance(v, list):
+                            acc[k] = [a + b for a, b in zip(acc.get(k, [0] * len(v)), v)]
+                        elif isinstance(v, (int, float)):
+                            acc[k] = acc.get(k, 0) + v
 
     def _batch_failed(self, kind: str, sids: tuple, err: BaseException) -> None:
         from .dispatch import _is_infrastructure

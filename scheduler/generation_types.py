@@ -45,6 +45,13 @@ class GenerationConfig:
     new_tokens: int = 128  # workload mix: typical output, tokens
     lanes: int | None = None  # decode micro-batches in flight (None: one per device of the chain)
     steps_per_call: int = 4  # decode steps one call runs when the whole decoder is one shard
+    # token exits (a Runtime given gate=TokenExits; see graphs.exit_decoding)
+    exit_mode: str = "speculative"  # default per request: "full", "lossy" or "speculative"
+    exit_gate: str = "learned"  # which of the exits' calibrated gates decides
+    max_draft: int = 6  # speculative: most tokens drafted per round
+    draft_exit: int = -1  # speculative: index of the exit that drafts (-1: the deepest)
+    draft_threshold: float | None = None  # speculative: gate score to keep drafting (None: calibrated)
+    exit_thresholds: tuple | None = None  # lossy: per-exit thresholds (None: the calibrated cascade)
 
     def __post_init__(self) -> None:
         _posint("max_batch", self.max_batch)
@@ -54,6 +61,12 @@ class GenerationConfig:
         if self.lanes is not None:
             _posint("lanes", self.lanes)
         _posint("steps_per_call", self.steps_per_call)
+        _posint("max_draft", self.max_draft)
+        from graphs.exit_decoding import EXIT_MODES
+
+        if self.exit_mode not in EXIT_MODES:
+            raise RuntimeConfigError(f"generation exit_mode {self.exit_mode!r} is unknown; valid: "
+                                     f"{', '.join(EXIT_MODES)}")
         if self.phase not in PHASES:
             raise RuntimeConfigError(f"generation phase {self.phase!r} is unknown; valid: {', '.join(PHASES)}")
 
@@ -150,6 +163,7 @@ class GenerationStats:
     kv_bytes_peak: int  # largest KV cache bytes one actor reported
     retries: int  # sequences re-prefilled after a failure
     steps: tuple = field(default=(), repr=False)  # (kind, device, start, duration, batch) per call
+    exit: Mapping[str, Any] | None = None  # per exit mode used: policies.gating.token_exit.exit_compute
 
     @property
     def tokens_per_s(self) -> float:

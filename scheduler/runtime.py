@@ -81,6 +81,10 @@ class Runtime(RuntimeGeneration, RuntimeAdaptive, RuntimeReporting):
             ``exit_depth``, or a :class:`policies.gating.Cascade`; the model must be an exit
             model (:class:`graphs.vision.ExitModel`). Easy requests return the exit head's
             logits from the shallow partition; the others continue on the deep path.
+            For a :class:`graphs.models.Decoder`, a
+            :class:`policies.gating.token_exit.TokenExits` instead: token-level early exit
+            in :meth:`generate` (``exit_mode`` lossy or speculative, see
+            :mod:`graphs.exit_decoding`); ``submit`` then runs the full model.
         ray_address: join this Ray cluster (also ``RAY_ADDRESS``); None: local Ray.
         granularity: capture granularity, ``"op" | "module" | "layer"``.
         cost_model: a :class:`policies.cost.CostModel`; default ``RooflineCostModel``.
@@ -233,6 +237,20 @@ class Runtime(RuntimeGeneration, RuntimeAdaptive, RuntimeReporting):
 
         model.eval()
         self.model = model
+        from policies.gating.token_exit import TokenExits
+
+        self.token_exits = gate if isinstance(gate, TokenExits) else None
+        if self.token_exits is not None:  # token exits act in generation; submit() runs the full model
+            from graphs.models import Decoder
+
+            if not isinstance(model, Decoder) or timing_only:
+                raise RuntimeConfigError(
+                    f"token exits (TokenExits) act in generation: they need a graphs.models.Decoder served "
+                    f"without timing_only; got a {type(model).__name__}{' with timing_only' if timing_only else ''}")
+            if exit_depth is not None:
+                raise RuntimeConfigError("exit_depth does not apply to token exits (their layers are "
+                                         f"{self.token_exits.layers}); leave it None")
+            gate = None
         if gate is None and exit_depth is not None:
             raise RuntimeConfigError("exit_depth goes with gate=...; got no gate")
         if gate is not None:
@@ -305,7 +323,7 @@ class Runtime(RuntimeGeneration, RuntimeAdaptive, RuntimeReporting):
 
                 self._generation = GenerationService(
                     model, *gen_plan, self._actors, power=power, max_retries=max_retries,
-                    recovery_timeout=recovery_timeout)
+                    recovery_timeout=recovery_timeout, exits=self.token_exits)
             if self._freeze_gc:
                 from executors.process import freeze_gc_once
 
@@ -329,7 +347,8 @@ class Runtime(RuntimeGeneration, RuntimeAdaptive, RuntimeReporting):
         from .generation_service import GenerationConfig, plan_generation
 
         cfg = GenerationConfig.coerce(generation)
-        plan, graph, stages, shards = plan_generation(model, self.cluster, self.cost_model, self.policy, cfg)
+        plan, graph, stages, shards = plan_generation(model, self.cluster, self.cost_model, self.policy, cfg,
+                                                      exits=self.token_exits)
         self._gen_stages = stages
         return cfg, plan, graph, stages, shards
 

@@ -28,7 +28,8 @@ class RuntimeGeneration:
         if self._generation is None:
             raise RuntimeConfigError(
                 f"this runtime cannot generate: its model is a {type(self.model).__name__}, not a "
-                f"graphs.models.Decoder served without a gate (or it is timing_only)")
+                f"graphs.models.Decoder served without a gate other than token exits (or it is "
+                f"timing_only)")
         if self._closed:
             raise RuntimeClosedError("the runtime is shut down; it accepts no more generation requests")
         return self._generation
@@ -58,7 +59,9 @@ class RuntimeGeneration:
         ``prompt``: token ids (a list or a 1-D integer tensor). Keywords: ``temperature``
         (0: greedy), ``top_k``, ``top_p``, ``seed``, ``stop`` (token ids that end the
         sequence; default the tokenizer's EOS when the model has one), ``timeout``
-        (seconds from this call). Bad input raises here, before anything runs.
+        (seconds from this call), ``exit_mode`` (with token exits, see the Runtime's ``gate``:
+        ``"full"``, ``"lossy"`` or ``"speculative"``; default the generation config's).
+        Bad input raises here, before anything runs.
 
         Example (needs Ray; see tests/scheduler/test_generation.py)::
 

