@@ -227,7 +227,15 @@ def fortune_prompts(tokenizer: Any, split: str, n: int, tokens: int, root: str |
     fortune belongs to one split only (:func:`graphs.textdata.split_of`).
 
     Raises:
-        graphs.textdata.DatasetError: the fortune files are not installed, or too few.
+        graphs.datasets.DatasetError: the fortune files are not installed, or too few.
+
+    Example:
+        >>> class Bytes:  # any tokenizer with encode()
+        ...     def encode(self, text): return list(text.encode())
+        >>> fortune_prompts(Bytes(), "val", 2, 16, root="/nonexistent")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        graphs.datasets.DatasetError: the English fortune files are not installed ...
     """
     from graphs.textdata import DatasetError, _hash, language_files, normalise, read_fortunes, split_of
 
@@ -257,6 +265,14 @@ def greedy_continue(model: nn.Module, prompts: Sequence[Sequence[int]], new_toke
     """The full model's greedy continuation of each prompt (batched, with KV caches).
 
     Prompts of one batch must have the same length (they are prefilled together).
+
+    Example:
+        >>> from graphs.decoding import generate_local
+        >>> from graphs.models import decoder
+        >>> m = decoder("tiny-llama")
+        >>> out = greedy_continue(m, [[1, 2, 3], [4, 5, 6]], 5)
+        >>> out == [generate_local(m, [1, 2, 3], 5), generate_local(m, [4, 5, 6], 5)]
+        True
     """
     from graphs.decoding import DecoderShard, block_names
 
@@ -310,7 +326,17 @@ class TokenData:
 def collect(model: nn.Module, sequences: Sequence[Sequence[int]], prompt_len: int, layers: Sequence[int],
             batch: int = 16) -> TokenData:
     """Run the full model over ``sequences`` (prompt + continuation, equal lengths) and keep,
-    per position, what :class:`TokenData` holds."""
+    per position, what :class:`TokenData` holds.
+
+    Example:
+        >>> from graphs.models import decoder
+        >>> m = decoder("tiny-llama")
+        >>> d = collect(m, [[1, 2, 3, 4], [5, 6, 7, 8]], prompt_len=2, layers=[1])
+        >>> d.n, tuple(d.hidden.shape), d.decode.tolist()[:4]
+        (8, (8, 1, 64), [False, True, True, True])
+        >>> bool((d.teacher == m(torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])).argmax(-1).reshape(-1)).all())
+        True
+    """
     hs: dict[int, torch.Tensor] = {}
     hooks = [model.layers[k - 1].register_forward_hook(lambda _m, _i, o, k=k: hs.__setitem__(k, o))
              for k in layers]
@@ -443,7 +469,16 @@ def _fit_heads(ex: TokenExits, data: TokenData, cfg: TokenExitConfig, model: nn.
 @torch.no_grad()
 def exit_outputs(ex: TokenExits, data: TokenData, gate: str, chunk: int = 4096
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores ``(exits, N)``, agreement ``(exits, N)`` bool) of every exit on ``data``."""
+    """(scores ``(exits, N)``, agreement ``(exits, N)`` bool) of every exit on ``data``.
+
+    Example:
+        >>> from graphs.models import decoder
+        >>> m = decoder("tiny-llama")
+        >>> ex = TokenExits(m, layers=[1], shortlist=torch.arange(256))
+        >>> s, a = exit_outputs(ex, collect(m, [[1, 2, 3, 4]], 2, [1]), "max_softmax")
+        >>> tuple(s.shape), a.dtype
+        ((1, 4), torch.bool)
+    """
     scores, agree = [], []
     for j in range(ex.num_exits):
         s, a = [], []
@@ -496,6 +531,17 @@ def train_token_exits(model: nn.Module, prompts: Mapping[str, Sequence[Sequence[
     prompt and continuation trains the heads, the continuation's positions (what the model
     sees while generating) fit the gates and calibrate them. ``report`` keeps the timings,
     the heads' loss per epoch and the shortlist's coverage.
+
+    Example:
+        >>> from graphs.models import decoder
+        >>> m = decoder("tiny-llama")
+        >>> g = torch.Generator().manual_seed(0)
+        >>> cfg = TokenExitConfig(layers=(1,), shortlist=64, prompt_tokens=4, new_tokens=4, epochs=1, budget=0.5,
+        ...                       prompts=(("train", 8), ("gate", 8), ("val", 16)))
+        >>> prompts = {s: torch.randint(0, 256, (n, 4), generator=g).tolist() for s, n in cfg.prompts}
+        >>> ex = train_token_exits(m, prompts, cfg)
+        >>> ex.gate_names(), len(ex.thresholds["learned"]), len(ex.report["head_loss"])
+        (('max_softmax', 'entropy', 'learned'), 1, 1)
     """
     say = log or (lambda *_: None)
     layers = tuple(cfg.layers) or default_layers(model.config.num_layers)
@@ -537,7 +583,20 @@ def load_or_train_token_exits(model: nn.Module, prompts: Mapping[str, Sequence[S
                               cfg: TokenExitConfig = TokenExitConfig(), cache_dir: str | None = None,
                               log: Any = None) -> TokenExits:
     """:func:`train_token_exits`, cached under a hash of :data:`CACHE_VERSION`, the config, the
-    model's weights and the prompts (``cache_dir``, default ``.cache/token_exit``)."""
+    model's weights and the prompts (``cache_dir``, default ``.cache/token_exit``).
+
+    Example:
+        >>> import tempfile
+        >>> from graphs.models import decoder
+        >>> m, d = decoder("tiny-llama"), tempfile.mkdtemp()
+        >>> cfg = TokenExitConfig(layers=(1,), shortlist=64, prompt_tokens=4, new_tokens=4, epochs=1, budget=0.5,
+        ...                       prompts=(("train", 8), ("gate", 8), ("val", 16)))
+        >>> prompts = {s: [[(7 * i + j) % 256 for j in range(4)] for i in range(n)] for s, n in cfg.prompts}
+        >>> a = load_or_train_token_exits(m, prompts, cfg, cache_dir=d)
+        >>> b = load_or_train_token_exits(m, prompts, cfg, cache_dir=d)  # loaded, not trained
+        >>> "cached" in b.report, a.thresholds == b.thresholds
+        (True, True)
+    """
     from .train import fingerprint
 
     cache_dir = cache_dir or DEFAULT_CACHE
