@@ -436,7 +436,8 @@ class ExitDecoderShard(DecoderShard):
         tested against); returns ``(tokens, counters)``. This shard must be the whole decoder.
 
         ``threshold``: the per-exit thresholds (lossy) or the draft threshold (speculative);
-        None takes the calibrated ones of the exits' ``gate``.
+        None takes the calibrated ones of the exits' ``gate`` (for lossy, those certified on
+        generated text).
         """
         ids = check_prompt(self.config, prompt, max_new_tokens)
         if mode not in EXIT_MODES:
@@ -450,7 +451,7 @@ class ExitDecoderShard(DecoderShard):
             if mode == "full":
                 out.append(int(self(last[:, None], [kv]).argmax(-1)))
             elif mode == "lossy":
-                th = self.exits.thresholds[gate] if threshold is None else threshold
+                th = self.exits.lossy.get(gate, self.exits.thresholds[gate]) if threshold is None else threshold
                 out.append(int(self.exit_step(last, [kv], gate, list(th), info, trace)[0]))
             else:
                 th = self.exits.single[gate][exit_index] if threshold is None else float(threshold)

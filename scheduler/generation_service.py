@@ -238,8 +238,8 @@ class GenerationService:
         th = config.draft_threshold
         th = exits.single[gate][j] if th is None else float(th)
         ths = config.exit_thresholds
-        if ths is None:
-            ths = exits.thresholds[gate]
+        if ths is None:  # the cascade certified on generated text, else the teacher-forced one
+            ths = exits.lossy.get(gate, exits.thresholds[gate])
         elif len(ths) != n or not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in ths):
             raise RuntimeConfigError(f"generation exit_thresholds needs one number per exit (layers "
                                      f"{exits.layers}); got {ths!r}")

@@ -51,7 +51,7 @@ class GenerationConfig:
     max_draft: int = 6  # speculative: most tokens drafted per round
     draft_exit: int = -1  # speculative: index of the exit that drafts (-1: the deepest)
     draft_threshold: float | None = None  # speculative: gate score to keep drafting (None: calibrated)
-    exit_thresholds: tuple | None = None  # lossy: per-exit thresholds (None: the calibrated cascade)
+    exit_thresholds: tuple | None = None  # lossy: per-exit thresholds (None: the cascade certified for lossy)
 
     def __post_init__(self) -> None:
         _posint("max_batch", self.max_batch)

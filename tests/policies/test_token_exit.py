@@ -92,6 +92,24 @@ class TestTraining:
             assert 1 - r["agreement"] <= CFG.budget + 1e-12  # all of val certified the single threshold
         assert certified > 0
 
+    def test_lossy_thresholds_are_certified_on_generated_text(self, trained):
+        from policies.gating.token_exit import lossy_disagreement
+
+        m, prompts, ex = trained
+        certified = 0
+        for g in ex.gate_names():
+            rec = ex.calibration[g]["lossy"]
+            assert len(ex.lossy[g]) == ex.num_exits and rec["tested"] <= rec["candidates"] <= 4
+            if rec["ucb"] is None:  # nothing certified: the cascade never exits in lossy mode
+                assert all(t == float("inf") for t in ex.lossy[g])
+                continue
+            certified += 1
+            assert rec["risk"] <= rec["ucb"] <= CFG.budget
+            test = [prompts["val"][i] for i in rec["prompts"]]
+            loss, rate = lossy_disagreement(m, ex, test, CFG.new_tokens, g, ex.lossy[g])
+            assert float(loss.float().mean()) == pytest.approx(rec["risk"]) and rate == pytest.approx(rec["exit_rate"])
+        assert certified > 0
+
     def test_cached_exits_load_equal(self, trained, tmp_path):
         m, prompts, ex = trained
         cache = ex.report["cached"] if "cached" in ex.report else None
