@@ -250,6 +250,14 @@ class DecoderShard(nn.Module):
         c = self.config
         return 2 * len(self.layers) * c.num_kv_heads * c.head_dim * positions * itemsize
 
+    def _rope(self, starts: Sequence[int], t: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotary cos/sin, shape (B, 1, T, head_dim), for ``t`` positions from each ``starts``."""
+        pos = (torch.tensor(list(starts), dtype=torch.float32, device=device)[:, None]
+               + torch.arange(t, dtype=torch.float32, device=device))
+        freqs = pos[..., None] * self.inv_freq.to(device)
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
     def forward(self, x: torch.Tensor, caches: Sequence[SequenceKV] | None = None,
                 all_logits: bool = False) -> torch.Tensor:
         c = self.config
@@ -271,11 +279,7 @@ class DecoderShard(nn.Module):
             starts = [kv.length for kv in caches]
             for kv in caches:
                 kv.reserve(t)
-            pos = (torch.tensor(starts, dtype=torch.float32, device=x.device)[:, None]
-                   + torch.arange(t, dtype=torch.float32, device=x.device))
-            freqs = pos[..., None] * self.inv_freq.to(x.device)
-            emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, d)
-            cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+            cos, sin = self._rope(starts, t, x.device, x.dtype)
             for j, layer in enumerate(self.layers):
                 x = _layer_step(layer, x, cos, sin, caches, j, starts)
             for kv in caches:

@@ -181,13 +181,6 @@ class ExitDecoderShard(DecoderShard):
         self._eps = [layer.input_layernorm.eps or torch.finfo(torch.float32).eps for layer in self.layers]
 
     # ------------------------------------------------------------ pieces
-    def _rope(self, starts: Sequence[int], t: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = (torch.tensor(list(starts), dtype=torch.float32, device=device)[:, None]
-               + torch.arange(t, dtype=torch.float32, device=device))
-        freqs = pos[..., None] * self.inv_freq.to(device)
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
-        return emb.cos().to(dtype), emb.sin().to(dtype)
-
     def _layers(self, x, a: int, b: int, caches: Sequence[SequenceKV], starts: Sequence[int], cos, sin,
                 work: list | None):
         """Global layers ``a..b-1`` (hosted here) over ``x``."""
@@ -234,7 +227,7 @@ class ExitDecoderShard(DecoderShard):
             kv.length = n
 
     def _exits_here(self) -> list[int]:
-        return [e for e, k in enumerate(self.exit_layers) if self.lo < k <= self.hi or (self.first and k == 0)]
+        return [e for e, k in enumerate(self.exit_layers) if self.lo < k <= self.hi]
 
     # ------------------------------------------------------------ lossy
     @torch.no_grad()

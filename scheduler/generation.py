@@ -274,7 +274,7 @@ class GenerationEngine:
             prefill_calls=s["prefills"], decode_steps=s["steps"],
             mean_decode_batch=s["step_members"] / s["steps"] if s["steps"] else 0.0, wall=wall,
             busy=busy, energy=energy, simulated=s["simulated"], kv_bytes_peak=s["kv_peak"],
-            retries=s["retries"], steps=steps, exit=self._exit_summary(s))
+            retries=s["retries"], steps=steps, exit=self._exit_summary())
 
     def reset_stats(self) -> None:
         """Zero the counters (sequences in flight keep going)."""
@@ -288,7 +288,7 @@ class GenerationEngine:
         self._steps: collections.deque = collections.deque(maxlen=100_000)
         self._exit_counts: dict[str, dict] = {}  # mode -> summed ExitStepInfo counters
 
-    def _exit_summary(self, s: dict) -> dict | None:
+    def _exit_summary(self) -> dict | None:
         """Per exit mode used: tokens, exit rate per exit layer, draft acceptance, tokens per
         full-model pass and the share of decode FLOPs saved against the model without exits."""
         if not self._exit_counts or not self.exits:

@@ -103,6 +103,16 @@ def _contract(g: Any, groups: dict[str, Sequence[str]]) -> Any:
     return out
 
 
+def _draft_index(exits: Any, config: GenerationConfig) -> int:
+    """``config.draft_exit`` checked against the exits and made non-negative."""
+    n = exits.num_exits
+    j = config.draft_exit
+    if isinstance(j, bool) or not isinstance(j, int) or not -n <= j < n:
+        raise RuntimeConfigError(f"generation draft_exit {j!r} is not an exit index of exits at layers "
+                                 f"{exits.layers}; valid: {-n}..{n - 1}")
+    return j % n
+
+
 def _plan_exits(model: Any, cluster: Any, cost_model: Any, policy: Any, config: GenerationConfig, exits: Any,
                 itemsize: int) -> tuple[Any, Any, tuple[GenStage, ...], dict[int, Any]]:
     """Token exits: the policy places two partitions, the shallow path (the blocks up to
@@ -113,12 +123,7 @@ def _plan_exits(model: Any, cluster: Any, cost_model: Any, policy: Any, config: 
     from policies.phase import phase_graphs
 
     c = model.config
-    n = exits.num_exits
-    j = config.draft_exit
-    if isinstance(j, bool) or not isinstance(j, int) or not -n <= j < n:
-        raise RuntimeConfigError(f"generation draft_exit {j!r} is not an exit index of exits at layers "
-                                 f"{exits.layers}; valid: {-n}..{n - 1}")
-    cut = exits.layers[j % n] + 1  # block index after the exit's layer
+    cut = exits.layers[_draft_index(exits, config)] + 1  # block index after the exit's layer
     names = block_names(c)
     g = phase_graphs(c, prompt_len=min(config.prompt_len, config.max_context - 1), new_tokens=config.new_tokens,
                      max_batch=config.max_batch, max_context=config.max_context, itemsize=itemsize)["decode"]
@@ -227,11 +232,7 @@ class GenerationService:
 
         gate = exits.check_gate(config.exit_gate)
         n = exits.num_exits
-        j = config.draft_exit
-        if isinstance(j, bool) or not isinstance(j, int) or not -n <= j < n:
-            raise RuntimeConfigError(f"generation draft_exit {j!r} is not an exit index of exits at layers "
-                                     f"{exits.layers}; valid: {-n}..{n - 1}")
-        j %= n
+        j = _draft_index(exits, config)
         if gate not in exits.thresholds:
             raise RuntimeConfigError(f"the exits have no calibrated thresholds for gate {gate!r}; calibrated: "
                                      f"{', '.join(exits.thresholds) or 'none'} (train them with train_token_exits)")

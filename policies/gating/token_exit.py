@@ -131,9 +131,6 @@ class TokenExitConfig:
         if bad:
             raise GatingError(f"unknown prompt split(s) {bad}; valid: {', '.join(SPLITS)}")
 
-    def n_prompts(self, split: str) -> int:
-        return dict(self.prompts).get(split, 0)
-
 
 class TokenExitHead(nn.Module):
     """RMSNorm + square adapter (identity at init) + the decoder's output rows of the shortlist."""
@@ -453,7 +450,7 @@ def _shortlist(teacher: torch.Tensor, size: int, vocab: int) -> torch.Tensor:
     return order[:min(size, vocab)].sort().values
 
 
-def _fit_heads(ex: TokenExits, data: TokenData, cfg: TokenExitConfig, model: nn.Module) -> list[float]:
+def _fit_heads(ex: TokenExits, data: TokenData, cfg: TokenExitConfig) -> list[float]:
     W = ex.out_weight
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam([p for h in ex.heads for p in h.parameters()], lr=cfg.lr)
@@ -656,7 +653,7 @@ def train_token_exits(model: nn.Module, prompts: Mapping[str, Sequence[Sequence[
         ex = TokenExits(model, layers, short)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
-        losses = _fit_heads(ex, data["train"], cfg, model)
+        losses = _fit_heads(ex, data["train"], cfg)
     t2 = time.perf_counter()
     say(f"heads: loss per epoch {[round(x, 3) for x in losses]} ({t2 - t1:.0f} s)")
     ex.eval()
