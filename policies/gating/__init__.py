@@ -7,7 +7,8 @@ See :mod:`policies.gating.gates` (the gate interface, cascades, gated execution)
 """
 from .calibrate import (BOUNDS, RISKS, Calibration, CalibrationError, CalibrationWarning, budget_for_ratio,
                         calibrate_cascade, calibrate_exits, calibrate_threshold, cascade_route, exit_losses,
-                        lower_bound, min_samples, net_upper_bound, upper_bound)
+                        lower_bound, min_samples, net_p_value, net_union_bound, net_upper_bound,
+                        upper_bound)
 from .gates import (Cascade, EntropyGate, Gate, GatedOutput, GatingError, LearnedGate, MaxSoftmaxGate,
                     OracleGate, PatienceGate, available_gates, decision_inputs, gate_flops, make_gate, pool_hidden,
                     run_gated, softmax_stats)
@@ -19,7 +20,7 @@ __all__ = ["Gate", "MaxSoftmaxGate", "EntropyGate", "PatienceGate", "LearnedGate
            "GatedOutput", "GatingError", "available_gates", "make_gate", "pool_hidden", "softmax_stats",
            "run_gated", "gate_flops", "Calibration", "CalibrationError", "BOUNDS", "RISKS", "upper_bound",
            "budget_for_ratio", "exit_losses", "calibrate_threshold", "calibrate_cascade", "cascade_route",
-           "calibrate_exits", "CalibrationWarning", "lower_bound", "net_upper_bound", "min_samples",
+           "calibrate_exits", "CalibrationWarning", "lower_bound", "net_p_value", "net_union_bound", "net_upper_bound", "min_samples",
            "decision_inputs",
            "TrainConfig", "train_exit_model", "load_or_train", "fit_exits", "exit_model", "EXIT_MODELS", "evaluate_exits", "DecoderExits", "attach_exits",
            "TokenExitConfig", "TokenExits", "train_token_exits", "load_or_train_token_exits"]

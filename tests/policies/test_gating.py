@@ -245,7 +245,7 @@ class TestCalibration:
         with pytest.raises(CalibrationError, match="delta must be in the open interval"):
             calibrate_threshold(torch.rand(10), torch.zeros(10, dtype=torch.long), 0.1, delta=1.5)
         with pytest.raises(UnknownNameError, match="unknown bound 'bonferroni'; valid choices: clopper-pearson, "
-                                                   "hoeffding"):
+                                                   "clopper-pearson-union, hoeffding"):
             upper_bound(1, 10, 0.1, "bonferroni")
         with pytest.raises(CalibrationError, match="must all be 1-D of length 10"):
             calibrate_threshold(torch.rand(10), torch.zeros(9, dtype=torch.long), 0.1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -16,7 +17,7 @@ from graphs.vision import ExitCNN
 from policies.gating import (Cascade, CalibrationError, CalibrationWarning, EntropyGate, LearnedGate,
                              MaxSoftmaxGate, PatienceGate, TrainConfig, attach_exits, calibrate_cascade,
                              calibrate_exits, cascade_route, exit_losses, fit_exits, pool_hidden, run_gated)
-from policies.gating.calibrate import net_upper_bound
+from policies.gating.calibrate import _net_tail, min_samples, net_p_value, net_union_bound, net_upper_bound
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -359,9 +360,71 @@ class TestCalibration:
         with pytest.raises(CalibrationError, match=match):
             calibrate_exits(s, l, 0.1, **kwargs)
 
-    def test_net_bound_is_a_union_of_two_bounds(self):
+    def test_net_bound_sign(self):
         assert net_upper_bound(0, 0, 1000, 0.1) > 0
         assert net_upper_bound(5, 50, 1000, 0.1) < 0
+
+
+class TestExactNetTest:
+    """The exact unconditional (Berger-Boos) test of "net loss > budget"."""
+
+    @pytest.mark.parametrize("harm_rate", [0.006, 0.02, 0.05])
+    def test_level_holds_at_the_null_boundary(self, harm_rate):
+        """Monte Carlo at net loss == budget (the least favourable null): the test rejects
+        in at most delta of the draws, up to 3 binomial standard errors."""
+        n, budget, delta, runs = 2000, 0.005, 0.1, 3000
+        rng = np.random.default_rng(int(harm_rate * 1e4))
+        counts = rng.multinomial(n, [harm_rate, harm_rate - budget, 1 - 2 * harm_rate + budget], size=runs)
+        rejected = sum(net_p_value(int(a), int(b), n, budget, delta) <= delta for a, b, _ in counts)
+        assert rejected / runs <= delta + 3 * math.sqrt(delta * (1 - delta) / runs)
+        assert rejected > 0  # not vacuous: it does reject at the boundary sometimes
+
+    @pytest.mark.parametrize("t, n, alpha", [(20, 5000, 0.0044), (0, 800, 0.005), (-10, 3000, 0.002),
+                                             (3, 500, 0.02), (50, 10000, 0.01)])
+    def test_tail_grows_with_the_discordance(self, t, n, alpha):
+        """Why the p-value's grid maximum is the supremum: the tail is non-decreasing in the
+        nuisance over the confidence set, so it peaks at the set's upper end (included)."""
+        psi = np.linspace(alpha, 0.2, 400)
+        tail = _net_tail(t, n, alpha, psi)
+        assert np.all(np.diff(tail) >= -1e-12), tail
+
+    @pytest.mark.parametrize("harm, help_", [(60, 40), (30, 10), (100, 20), (200, 180), (20, 60)])
+    def test_bound_is_valid_inversion_and_tighter_than_the_union(self, harm, help_):
+        n, delta = 5000, 0.1
+        u = net_upper_bound(harm, help_, n, delta)
+        assert (harm - help_) / n < u < net_union_bound(harm, help_, n, delta)
+        assert net_p_value(harm, help_, n, u, delta) <= delta < net_p_value(harm, help_, n, u - 1e-4, delta)
+
+    def test_calibration_certifies_more_than_the_union_bound(self):
+        g = torch.Generator().manual_seed(5)
+        n = 5000
+        s = torch.rand(n, generator=g)
+        harm = (torch.rand(n, generator=g) < 0.03 * s.lt(0.5)).long()
+        help_ = ((torch.rand(n, generator=g) < 0.02 * s.lt(0.5)) & (harm == 0)).long()
+        c = calibrate_cascade([s], [harm - help_], 0.005)
+        assert c.kind == "net" and c.ucb <= 0.005
+        # the union bound at the exact test's threshold is above the budget: it would stop earlier
+        first = cascade_route([s], c.threshold)
+        exited = first == 0
+        a, b = int((harm * exited).sum()), int((help_ * exited).sum())
+        assert net_union_bound(a, b, n, 0.1) > 0.005
+        union = calibrate_cascade([s], [harm - help_], 0.005, method="clopper-pearson-union")
+        assert union.ucb <= 0.005 and union.exit_rate < c.exit_rate
+        assert union.ucb == net_upper_bound(int((harm * (cascade_route([s], union.threshold) == 0)).sum()),
+                                            int((help_ * (cascade_route([s], union.threshold) == 0)).sum()),
+                                            n, 0.1, "clopper-pearson-union")
+
+    @pytest.mark.parametrize("args, match", [((-1, 0, 10, 0.01), "harm -1 and help 0 must be counts"),
+                                             ((6, 5, 10, 0.01), r"harm \+ help <= n=10"),
+                                             ((0, 0, 0, 0.01), "need at least one calibration sample")])
+    def test_bad_counts(self, args, match):
+        with pytest.raises(CalibrationError, match=match):
+            net_p_value(*args)
+
+    def test_net_needs_more_samples_when_nothing_is_lost(self):
+        need = min_samples(0.005, 0.1, kind="net")
+        assert net_p_value(0, 0, need, 0.005) <= 0.1 < net_p_value(0, 0, need - 1, 0.005)
+        assert need > min_samples(0.005, 0.1, "clopper-pearson-union", "net") > min_samples(0.005, 0.1)
 
 
 def calibrate_threshold_(s, losses):
