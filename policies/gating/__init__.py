@@ -5,7 +5,7 @@ See :mod:`policies.gating.gates` (the gate interface, cascades, gated execution)
 :mod:`policies.gating.train` (BranchyNet joint or frozen-backbone training, cached) and
 :mod:`policies.gating.token_exit` (exit heads, gates and calibration for generated tokens).
 """
-from .calibrate import (BOUNDS, RISKS, Calibration, CalibrationError, CalibrationWarning, budget_for_ratio,
+from .calibrate import (BOUNDS, RISKS, SEQUENCES, Calibration, CalibrationError, CalibrationWarning, budget_for_ratio,
                         calibrate_cascade, calibrate_exits, calibrate_threshold, cascade_route, exit_losses,
                         lower_bound, min_samples, net_p_value, net_union_bound, net_upper_bound,
                         upper_bound)
@@ -18,7 +18,7 @@ from .token_exit import TokenExitConfig, TokenExits, load_or_train_token_exits, 
 
 __all__ = ["Gate", "MaxSoftmaxGate", "EntropyGate", "PatienceGate", "LearnedGate", "OracleGate", "Cascade",
            "GatedOutput", "GatingError", "available_gates", "make_gate", "pool_hidden", "softmax_stats",
-           "run_gated", "gate_flops", "Calibration", "CalibrationError", "BOUNDS", "RISKS", "upper_bound",
+           "run_gated", "gate_flops", "Calibration", "CalibrationError", "BOUNDS", "RISKS", "SEQUENCES", "upper_bound",
            "budget_for_ratio", "exit_losses", "calibrate_threshold", "calibrate_cascade", "cascade_route",
            "calibrate_exits", "CalibrationWarning", "lower_bound", "net_p_value", "net_union_bound", "net_upper_bound", "min_samples",
            "decision_inputs",

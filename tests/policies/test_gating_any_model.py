@@ -312,9 +312,11 @@ class TestCalibration:
         assert c_n.kind == "net" and c_h.kind == "harm"
         assert c_n.exit_rate > c_h.exit_rate + 0.3
 
-    def test_per_exit_thresholds_hold_their_budget_on_fresh_data(self):
+    @pytest.mark.parametrize("sequences", [("path",), ("path", "shared")])
+    def test_per_exit_thresholds_hold_their_budget_on_fresh_data(self, sequences):
         """Monte Carlo: the true net risk of the returned vector exceeds the budget in at most
-        about delta of the runs (the guarantee)."""
+        about delta of the runs (the guarantee), also when the learning part chooses between
+        the greedy path and a shared threshold."""
         budget, delta, fails, runs = 0.02, 0.1, 0, 40
         g = torch.Generator().manual_seed(3)
 
@@ -327,7 +329,7 @@ class TestCalibration:
         exited_any = 0
         for _ in range(runs):
             s, l = draw(2000)
-            c = calibrate_exits(s, l, budget, costs=[1.0, 2.0, 4.0], delta=delta)
+            c = calibrate_exits(s, l, budget, costs=[1.0, 2.0, 4.0], delta=delta, sequences=sequences)
             first = cascade_route(big_s, c.vector)
             L = torch.stack([*big_l, torch.zeros_like(big_l[0])])
             true = L.gather(0, first[None]).double().mean().item()
@@ -353,12 +355,20 @@ class TestCalibration:
         ({"costs": [1.0, 2.0]}, r"costs needs 3 finite numbers"),
         ({"costs": [1.0, 2.0, 3.0], "learn_fraction": 1.0}, r"learn_fraction must be in \(0, 1\)"),
         ({"costs": [1.0, 2.0, 3.0], "grid": 1}, "grid must be an integer >= 2"),
+        ({"costs": [1.0, 2.0, 3.0], "sequences": "path"}, r"sequences must be a non-empty list"),
     ])
     def test_bad_per_exit_settings(self, kwargs, match):
         s = [torch.rand(100), torch.rand(100)]
         l = [torch.zeros(100, dtype=torch.long)] * 2
         with pytest.raises(CalibrationError, match=match):
             calibrate_exits(s, l, 0.1, **kwargs)
+
+    def test_unknown_sequence_is_named(self):
+        from graphs.errors import UnknownNameError
+        s = [torch.rand(100), torch.rand(100)]
+        l = [torch.zeros(100, dtype=torch.long)] * 2
+        with pytest.raises(UnknownNameError, match=r"unknown sequence 'greedy'; valid choices: path, shared"):
+            calibrate_exits(s, l, 0.1, costs=[1.0, 2.0, 3.0], sequences=("path", "greedy"))
 
     def test_net_bound_sign(self):
         assert net_upper_bound(0, 0, 1000, 0.1) > 0
@@ -445,6 +455,32 @@ def test_per_exit_path_learned_on_other_data_tests_on_every_calibration_sample()
     assert c.n == 3000 and c.certified and c.ucb <= 0.02
     with pytest.raises(CalibrationError, match="learn has scores for 1 exits; the calibration data for 2"):
         calibrate_exits(s, l, 0.02, costs=[1.0, 2.0, 4.0], learn=(ls[:1], ll[:1]))
+
+
+def test_learning_data_choose_between_the_path_and_a_shared_threshold():
+    """Two synthetic exits whose loss rate jumps below a score cut. In the first setting
+    the greedy path, myopic, stops at a costlier vector than one shared threshold does; in
+    the second the path is much cheaper. The learning data (drawn like the calibration data)
+    choose the sequence each time, the choice is the one that is cheaper on the calibration
+    data too, and the thresholds are those of that sequence alone."""
+    costs = [1.0, 2.0, 4.0]
+
+    def draw(g, n, a1, c1, a2, c2):  # exit j is wrong with probability a_j below score c_j
+        s = [torch.rand(n, generator=g), torch.rand(n, generator=g)]
+        return s, [(torch.rand(n, generator=g) < a * (x < c).double()).long() for x, a, c in zip(s, (a1, a2), (c1, c2))]
+
+    def mean_cost(c, s):
+        return torch.tensor(costs)[cascade_route(s, c.vector)].mean().item()
+    for setting, want in (((0.2, 0.3, 0.05, 0.9), "shared"), ((0.2, 0.6, 0.05, 0.3), "path")):
+        g = torch.Generator().manual_seed(5)
+        s, l = draw(g, 4000, *setting)
+        learn = draw(g, 2000, *setting)
+        both = calibrate_exits(s, l, 0.02, costs=costs, learn=learn)
+        only = {q: calibrate_exits(s, l, 0.02, costs=costs, learn=learn, sequences=(q,)) for q in ("path", "shared")}
+        assert both.sequence == want and both.thresholds == only[want].thresholds and both.ucb <= 0.02
+        other = "path" if want == "shared" else "shared"
+        assert mean_cost(both, s) < mean_cost(only[other], s) - 0.1
+        assert len(set(only["shared"].thresholds)) == 1 and only[other].sequence == other
 
 
 def test_learned_gate_on_a_language_model_reads_the_top_probabilities():
