@@ -32,6 +32,14 @@ whichever certifies the cheaper vector on the learning data. The greedy path is 
 its steps follow small differences in the learning data; on some gates (a learned gate per
 exit of the Fashion-MNIST CNN) the shared threshold carries over to new data better.
 
+The guarantee is on the *mean* loss of new data. The loss counted over a finite window of
+``m`` new inputs adds its own sampling noise, so it exceeds the budget more often than
+``delta`` when the certificate is tight. ``window=m`` certifies that count instead:
+``P(loss over the next m inputs > budget) <= delta`` (:func:`window_test`,
+:func:`window_levels`): each threshold is tested against several levels of the window's
+exceedance probability, and the fixed-sequence argument bounds the expected exceedance of
+the returned threshold by ``delta``.
+
 A target "accuracy >= r x full accuracy" becomes the budget ``(1 - r) * full_accuracy``
 (:func:`budget_for_ratio`). Candidate thresholds are tested from the most conservative
 (highest) down; each test rejects "risk > budget" when an upper confidence bound at level
@@ -54,6 +62,7 @@ References:
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, replace
@@ -68,7 +77,8 @@ from ..errors import PolicyError
 
 __all__ = ["CalibrationError", "CalibrationWarning", "Calibration", "BOUNDS", "RISKS", "upper_bound",
            "lower_bound", "net_p_value", "net_upper_bound", "net_union_bound", "budget_for_ratio", "exit_losses", "calibrate_threshold",
-           "calibrate_cascade", "calibrate_exits", "cascade_route", "min_samples", "SEQUENCES"]
+           "calibrate_cascade", "calibrate_exits", "cascade_route", "min_samples", "SEQUENCES",
+           "window_test", "window_budget", "window_levels", "WINDOW_LEVELS"]
 
 # "clopper-pearson-union": Clopper-Pearson, the net risk by the union bound (the earlier method)
 BOUNDS = ("clopper-pearson", "clopper-pearson-union", "hoeffding")
@@ -193,6 +203,7 @@ class Calibration:
     kind: str = "harm"  # the risk certified: "harm", "disagreement" or "net"
     note: str = ""  # why nothing was certified, when nothing was
     sequence: str = ""  # calibrate_exits: the sequence tested ("path" or "shared"; see SEQUENCES)
+    window: int | None = None  # certified over this many new inputs (None: the population risk)
 
     @property
     def certified(self) -> bool:
@@ -329,14 +340,191 @@ def net_upper_bound(harm: int, help_: int, n: int, delta: float, method: str = "
     return hi
 
 
-def min_samples(budget: float, delta: float, method: str = "clopper-pearson", kind: str = "harm") -> int:
+WINDOW_LEVELS = 16  # exceedance levels of a window certificate (see window_levels)
+
+
+@functools.lru_cache(maxsize=256)
+def window_levels(delta: float, n: int, window: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The levels ``u`` of a window certificate and the level ``rho`` each is tested at.
+
+    Over a window of new inputs the loss exceeds the budget with some probability ``g(t)``
+    for threshold ``t`` (the window's own sampling noise). A threshold passes when, for
+    every ``l``, "``g(t) > u[l]``" is rejected at level ``rho[l]``. Fixed-sequence testing
+    then gives ``P(window loss > budget) = E[g(returned t)] <= u[0] + sum_l (u[l+1] - u[l])
+    * rho[l]`` (``u[-1]`` followed by 1): the first threshold in the sequence with
+    ``g > u[l]`` passes with probability at most ``rho[l]``, and the returned one has
+    ``g > u[l]`` only if that one passed. ``u`` are ``WINDOW_LEVELS`` normal quantiles
+    evenly spaced from ``delta / 10`` to 0.75; ``rho[l] = Phi(-c - r z(u[l]))``, the shape
+    a normal model gives (``r = sqrt(n / window)``, the window's noise against the
+    calibration data's), with ``c`` set by bisection so that the bound is exactly at most
+    ``delta``. The bound itself is exact; only the allocation uses the normal shape. It
+    depends on ``delta``, ``n`` and ``window``, never on the data.
+
+    Example:
+        >>> u, rho = window_levels(0.1, 5000, 5000)
+        >>> len(u), u[0] + sum((b - a) * p for a, b, p in zip(u, u[1:] + (1.0,), rho)) <= 0.1
+        (16, True)
+    """
+    _check_unit("delta", delta)
+    _check_window(window)
+    if n <= 0:
+        raise CalibrationError(f"need at least one calibration sample; got n={n}")
+    from scipy.stats import norm
+
+    u = norm.cdf(np.linspace(norm.ppf(delta / 10), norm.ppf(0.75), WINDOW_LEVELS))
+    z, r, width = norm.ppf(u), math.sqrt(n / window), np.diff(np.append(u, 1.0))
+
+    def bound(c: float) -> float:
+        return float(u[0] + (width * norm.cdf(-c - r * z)).sum())
+
+    lo, hi = -50.0, 50.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if bound(mid) <= delta else (mid, hi)
+    rho = norm.cdf(-hi - r * z)
+    return tuple(float(v) for v in u), tuple(float(v) for v in rho)
+
+
+def _check_window(window, method: str = "clopper-pearson") -> None:
+    if window is None:
+        return
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise CalibrationError(f"window must be a positive whole number of inputs, or None for the "
+                               f"population risk; got {window!r}")
+    if method != "clopper-pearson":
+        raise CalibrationError(f"a window certificate is built on the exact tests; method must be "
+                               f"'clopper-pearson' with window={window}, got {method!r}")
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def window_budget(window: int, budget: float, u: float) -> float:
+    """The highest 0/1 loss rate at which the loss counted over ``window`` new inputs exceeds
+    ``budget`` with probability at most ``u`` (binomial; bisection, rounded down).
+
+    Example:
+        >>> b = window_budget(5000, 0.005, 0.05)
+        >>> 0.003 < b < 0.005  # the window's own noise takes part of the budget
+        True
+    """
+    from scipy.special import bdtrc
+
+    t = math.floor(budget * window + 1e-9)
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if bdtrc(t, window, mid) <= u else (lo, mid)
+    return lo
+
+
+# discordances the net window boundary is computed at (geometric, 0.35 % apart), and its cache
+_PSI_GRID = np.geomspace(1e-6, 1.0, 4001)
+_WINDOW_MEANS: dict = {}
+
+
+def _window_means(psi: np.ndarray, window: int, budget: float, u: np.ndarray) -> np.ndarray:
+    """Net rates at or below the boundary ``mu_u(psi)`` of "the net loss over ``window``
+    inputs exceeds ``budget`` with probability more than ``u``" at discordance ``psi`` (so
+    the null there is ``mu > mu_u``): a normal guess, lowered until the exact tail is at
+    most ``u`` (every returned value is checked); ``inf`` where even all-harm stays within."""
+    from scipy.stats import norm
+
+    t = math.floor(budget * window + 1e-9)
+    within = 1.0 - u
+    out = np.full(psi.shape, np.inf)
+    some = _net_tail(t, window, psi[:, None], psi) < within  # all-harm can exceed: a null exists
+    if not some.any():
+        return out
+    p, w = psi[some], within[some]
+    step = np.sqrt(p / window)
+    mu = np.clip((t + 0.5) / window - norm.ppf(w) * step, -p, p)
+    ok = np.zeros(p.shape, dtype=bool)
+    for _ in range(200):
+        ok = _net_tail(t, window, mu[:, None], p) >= w
+        if ok.all():
+            break
+        mu = np.where(ok, mu, np.maximum(mu - 0.25 * step, -p))
+    mu = np.where(ok, mu, -p)  # all help never exceeds the budget
+    out[some] = mu
+    return out
+
+
+def window_test(harm: int, help_: int, n: int, budget: float, window: int, delta: float = 0.1,
+                kind: str = "net", grid: int = 8) -> bool:
+    """Whether ``harm`` and ``help_`` out of ``n`` calibration samples certify that the loss
+    counted over ``window`` new inputs (drawn independently from the same distribution)
+    exceeds ``budget`` with probability at most ``delta``.
+
+    Each level of :func:`window_levels` is a composite null, "``P(window loss > budget) >
+    u``": for the harm (or disagreement) rate, a rate above :func:`window_budget`, tested by
+    Clopper-Pearson; for the net loss, the net rates above the boundary ``mu_u(psi)`` at
+    each discordance ``psi``, tested as :func:`net_p_value` does (the tail of harm minus
+    help at the boundary maximised over ``grid`` points of a ``1 - rho/100``
+    Clopper-Pearson set for ``psi``, plus ``rho/100``).
+
+    Example:
+        >>> window_test(0, 0, 5000, 0.0044, window=5000)  # no loss at all
+        True
+        >>> net_p_value(30, 20, 5000, 0.0044) <= 0.1, window_test(30, 20, 5000, 0.0044, 5000)
+        (True, False)
+    """
+    _check_counts(harm, help_, n)
+    _check_unit("delta", delta)
+    _check_window(window)
+    if window is None:
+        raise CalibrationError("window_test needs a window; use net_p_value for the population risk")
+    if kind not in RISKS:
+        raise UnknownNameError("risk", kind, RISKS)
+    us, rhos = window_levels(float(delta), int(n), int(window))
+    if min(rhos) <= 0.0:  # a level tested at 0 can never be rejected
+        return False
+    if kind != "net":
+        return all(upper_bound(harm, n, rho) <= window_budget(window, float(budget), u) for u, rho in zip(us, rhos))
+    from scipy.stats import beta
+
+    d, g = harm + help_, max(2, grid)
+    pts, uu, rr = [], [], []
+    for u, rho in zip(us, rhos):
+        # the null at level u needs a discordance above the rate at which even all-harm windows
+        # exceed the budget with probability u (the tail grows with the net rate)
+        lo = window_budget(window, float(budget), u)
+        psi_u = 1.0 if d >= n else float(beta.ppf(1 - rho / 100, d + 1, n - d))
+        if psi_u > lo:  # else the null is outside the confidence set (excluded with error <= rho / 100)
+            pts.append(np.linspace(lo, psi_u, g))
+            uu.append(np.full(g, u))
+            rr.append(np.full(g, rho))
+    if not pts:
+        return True
+    P, U, R = np.concatenate(pts), np.concatenate(uu), np.concatenate(rr)
+    # each point rounded up to a fixed geometric grid: the maximum is then over a slightly wider
+    # set (still containing the confidence set), and the boundaries there are cached across calls
+    idx = np.minimum(np.searchsorted(_PSI_GRID, P), len(_PSI_GRID) - 1)
+    P = _PSI_GRID[idx]
+    keys = [(window, float(budget), float(u), int(i)) for u, i in zip(U, idx)]
+    miss = [j for j, key in enumerate(keys) if key not in _WINDOW_MEANS]
+    if miss:
+        if len(_WINDOW_MEANS) > 1 << 20:
+            _WINDOW_MEANS.clear()
+        fresh = _window_means(P[miss], window, float(budget), U[miss])
+        _WINDOW_MEANS.update((keys[j], float(v)) for j, v in zip(miss, fresh))
+    mu = np.array([_WINDOW_MEANS[key] for key in keys])
+    null = np.isfinite(mu)
+    if not null.any():
+        return True
+    tail = _net_tail(harm - help_, n, mu[null][:, None], P[null])
+    return bool((tail + R[null] / 100 <= R[null]).all())
+
+
+def min_samples(budget: float, delta: float, method: str = "clopper-pearson", kind: str = "harm",
+                window: int | None = None) -> int:
     """The fewest calibration samples with which a zero-loss threshold is certified within
     ``budget`` for the risk ``kind`` (the net loss's exact test needs more: its null allows
-    help to offset harm).
+    help to offset harm), over ``window`` new inputs if given.
 
     Example:
         >>> min_samples(0.005, 0.1), min_samples(0.005, 0.1, kind="net")
         (460, 753)
+        >>> min_samples(0.005, 0.1, kind="net", window=5000) > 753  # the window's noise needs more
+        True
     """
     _check_unit("budget", budget)
     _check_unit("delta", delta)
@@ -344,6 +532,23 @@ def min_samples(budget: float, delta: float, method: str = "clopper-pearson", ki
         raise UnknownNameError("bound", method, BOUNDS)
     if kind not in RISKS:
         raise UnknownNameError("risk", kind, RISKS)
+    _check_window(window, method)
+    if window is not None:
+        def passes(n: int) -> bool:
+            return _passes(np.zeros(n, dtype=np.int64), n, budget, delta, method, kind, window)
+        lo, hi = 1, min_samples(budget, delta, method, kind)
+        while not passes(hi):  # zero losses pass from some n on: the test's margin shrinks with n
+            if hi > 10 ** 9:
+                raise CalibrationError(f"no calibration size up to 1e9 certifies budget {budget} over a window of "
+                                       f"{window} (delta {delta}); use a longer window or a larger budget")
+            lo, hi = hi, 2 * hi
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if passes(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return hi
     if method == "hoeffding":
         return math.ceil(math.log(1 / delta) / ((0.5 if kind == "net" else 2) * budget ** 2))
     if kind != "net" or method == "clopper-pearson-union":
@@ -366,8 +571,12 @@ def _bound(loss: np.ndarray, n: int, delta: float, method: str, kind: str) -> fl
     return net_upper_bound(int((loss > 0).sum()), int((loss < 0).sum()), n, delta, method)
 
 
-def _passes(loss: np.ndarray, n: int, budget: float, delta: float, method: str, kind: str) -> bool:
-    """Whether "risk > budget" is rejected at level ``delta`` (cheaper than the bound itself)."""
+def _passes(loss: np.ndarray, n: int, budget: float, delta: float, method: str, kind: str,
+            window: int | None = None) -> bool:
+    """Whether "risk > budget" (with ``window``: "risk over ``window`` new inputs > budget
+    with probability > delta_w") is rejected at level ``delta`` (cheaper than the bound)."""
+    if window is not None:
+        return window_test(int((loss > 0).sum()), int((loss < 0).sum()), n, budget, window, delta, kind)
     if kind == "net" and method == "clopper-pearson":
         return net_p_value(int((loss > 0).sum()), int((loss < 0).sum()), n, budget, delta) <= delta
     return _bound(loss, n, delta, method, kind) <= budget
@@ -385,11 +594,12 @@ def _candidates(scores: np.ndarray, max_candidates: int) -> np.ndarray:
 
 
 def _uncertified(n: int, budget: float, delta: float, method: str, kind: str, first_ucb: float | None,
-                 thresholds: tuple = ()) -> Calibration:
-    need = min_samples(budget, delta, method, kind)
+                 thresholds: tuple = (), window: int | None = None) -> Calibration:
+    need = min_samples(budget, delta, method, kind, window)
+    over = f" over a window of {window} inputs" if window is not None else ""
     if n < need:
-        why = (f"not certified: with n={n} calibration samples even a threshold with zero losses has an "
-               f"upper bound above the budget {budget:.4g} (delta {delta}, {method}); at least {need} "
+        why = (f"not certified: with n={n} calibration samples even a threshold with zero losses is not "
+               f"certified within the budget {budget:.4g}{over} (delta {delta}, {method}); at least {need} "
                "samples are needed")
     elif first_ucb is None:
         why = "not certified: no finite score to threshold"
@@ -398,7 +608,7 @@ def _uncertified(n: int, budget: float, delta: float, method: str, kind: str, fi
                f"{first_ucb:.4g} on the {kind} risk, above the budget {budget:.4g} (delta {delta}, "
                f"{method}); the gate's highest scores are not reliable enough, or more data is needed")
     return Calibration(math.inf, budget, delta, method, n, 0.0, 0.0, 0.0,
-                       tuple(math.inf for _ in thresholds), kind, why)
+                       tuple(math.inf for _ in thresholds), kind, why, window=window)
 
 
 def _finish(cal: Calibration, strict: bool) -> Calibration:
@@ -410,28 +620,28 @@ def _finish(cal: Calibration, strict: bool) -> Calibration:
 
 
 def _fixed_sequence(thresholds: Sequence, route, n: int, budget: float, delta: float,
-                    method: str, kind: str, per_exit: bool = False) -> Calibration:
+                    method: str, kind: str, per_exit: bool = False, window: int | None = None) -> Calibration:
     best, last = None, None
     for i, t in enumerate(thresholds):
         loss, exited = route(t)
-        if not _passes(loss, n, budget, delta, method, kind):
+        if not _passes(loss, n, budget, delta, method, kind, window):
             if i == 0:
                 return _uncertified(n, budget, delta, method, kind, _bound(loss, n, delta, method, kind),
-                                    tuple([0] * len(t)) if per_exit else ())
+                                    tuple([0] * len(t)) if per_exit else (), window)
             break
         best, last = t, (loss, exited)
     if best is None:
-        return _uncertified(n, budget, delta, method, kind, None, ())
+        return _uncertified(n, budget, delta, method, kind, None, (), window)
     loss, exited = last
     vec = tuple(float(v) for v in best) if per_exit else ()
     ucb = min(_bound(loss, n, delta, method, kind), budget)  # passing means the bound is within budget
     return Calibration(vec[0] if per_exit else float(best), budget, delta, method, n,
-                       float(loss.sum()) / n, ucb, float(exited.mean()), vec, kind)
+                       float(loss.sum()) / n, ucb, float(exited.mean()), vec, kind, window=window)
 
 
 def calibrate_threshold(scores: torch.Tensor, losses: torch.Tensor, budget: float, delta: float = 0.1,
                         method: str = "clopper-pearson", max_candidates: int = 400, *,
-                        strict: bool = False) -> Calibration:
+                        window: int | None = None, strict: bool = False) -> Calibration:
     """The lowest threshold (most exits) whose risk is certified within ``budget`` for one exit.
 
     ``scores[i]`` is the gate's score of sample ``i`` (exit when ``>= threshold``);
@@ -446,7 +656,8 @@ def calibrate_threshold(scores: torch.Tensor, losses: torch.Tensor, budget: floa
         >>> c.ucb <= 0.05, c.risk <= 0.05, 0.2 < c.threshold < 0.3
         (True, True, True)
     """
-    return calibrate_cascade([scores], [losses], budget, delta, method, max_candidates, strict=strict)
+    return calibrate_cascade([scores], [losses], budget, delta, method, max_candidates, window=window,
+                             strict=strict)
 
 
 def cascade_route(scores: Sequence[torch.Tensor], threshold: float | Sequence[float]) -> torch.Tensor:
@@ -498,7 +709,7 @@ def _loss_table(losses: Sequence, n: int) -> torch.Tensor:
 
 def calibrate_cascade(scores: Sequence[torch.Tensor], losses: Sequence[torch.Tensor], budget: float,
                       delta: float = 0.1, method: str = "clopper-pearson", max_candidates: int = 400, *,
-                      strict: bool = False) -> Calibration:
+                      window: int | None = None, strict: bool = False) -> Calibration:
     """One shared threshold for a cascade of exits, certified by fixed-sequence testing.
 
     A sample leaves at the first exit whose score reaches the threshold
@@ -512,6 +723,7 @@ def calibrate_cascade(scores: Sequence[torch.Tensor], losses: Sequence[torch.Ten
         True
     """
     n = _check(scores, losses, budget, delta, method)
+    _check_window(window, method)
     L, kind = _loss_table(losses, n), _kind(losses)
 
     def route(t: float):
@@ -519,14 +731,16 @@ def calibrate_cascade(scores: Sequence[torch.Tensor], losses: Sequence[torch.Ten
         return L.gather(0, first[None]).squeeze(0).numpy(), (first < len(scores)).numpy()
 
     allscores = torch.cat([torch.as_tensor(s, dtype=torch.float64).detach() for s in scores]).numpy()
-    cal = _fixed_sequence(list(_candidates(allscores, max_candidates)), route, n, budget, delta, method, kind)
+    cal = _fixed_sequence(list(_candidates(allscores, max_candidates)), route, n, budget, delta, method, kind,
+                          window=window)
     return _finish(cal, strict)
 
 
 def calibrate_exits(scores: Sequence[torch.Tensor], losses: Sequence[torch.Tensor], budget: float,
                     costs: Sequence[float], delta: float = 0.1, method: str = "clopper-pearson", *,
                     learn: tuple | None = None, learn_fraction: float = 0.3, grid: int = 40, seed: int = 0,
-                    sequences: Sequence[str] = SEQUENCES, strict: bool = False) -> Calibration:
+                    sequences: Sequence[str] = SEQUENCES, window: int | None = None,
+                    strict: bool = False) -> Calibration:
     """One threshold per exit, certified by Learn-then-Test with a learned fixed sequence.
 
     ``costs[j]`` is what a sample costs when it leaves at exit ``j`` (``costs[-1]``: the
@@ -557,6 +771,7 @@ def calibrate_exits(scores: Sequence[torch.Tensor], losses: Sequence[torch.Tenso
         (True, True, True)
     """
     n = _check(scores, losses, budget, delta, method)
+    _check_window(window, method)
     k = len(scores)
     if len(costs) != k + 1 or not all(isinstance(c, (int, float)) and math.isfinite(c) for c in costs):
         raise CalibrationError(f"costs needs {k + 1} finite numbers (one per exit, then the full model); "
@@ -598,9 +813,10 @@ def calibrate_exits(scores: Sequence[torch.Tensor], losses: Sequence[torch.Tenso
             seqs[q] = [(float(t),) * k for t in _candidates(LS[np.isfinite(LS)], grid * k)]
     chosen = sequences[0]
     if len(seqs) > 1:  # the learning data choose the sequence: the cheapest certified vector there
-        cost = {q: _sequence_cost(seqs[q], LS, LL, C, budget, delta, method, kind) for q in seqs}
+        cost = {q: _sequence_cost(seqs[q], LS, LL, C, budget, delta, method, kind, window) for q in seqs}
         chosen = min(seqs, key=lambda q: (cost[q], sequences.index(q)))
-    cal = _fixed_sequence(seqs[chosen], _router(St, Lt), nt, budget, delta, method, kind, per_exit=True)
+    cal = _fixed_sequence(seqs[chosen], _router(St, Lt), nt, budget, delta, method, kind, per_exit=True,
+                          window=window)
     return _finish(replace(cal, sequence=chosen), strict)
 
 
@@ -618,10 +834,11 @@ def _router(S: np.ndarray, L: np.ndarray):
 
 
 def _sequence_cost(seq: list, S: np.ndarray, L: np.ndarray, C: np.ndarray, budget: float, delta: float,
-                   method: str, kind: str) -> float:
+                   method: str, kind: str, window: int | None = None) -> float:
     """Mean cost on ``(S, L)`` of the vector a fixed-sequence test of ``seq`` certifies there
     (the full model's cost when it certifies none)."""
-    cal = _fixed_sequence(seq, _router(S, L), S.shape[1], budget, delta, method, kind, per_exit=True)
+    cal = _fixed_sequence(seq, _router(S, L), S.shape[1], budget, delta, method, kind, per_exit=True,
+                          window=window)
     return float(C[_first_exit(S, cal.thresholds)].mean()) if cal.certified else float(C[-1])
 
 
