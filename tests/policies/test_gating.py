@@ -11,8 +11,8 @@ from torch.testing import assert_close
 from graphs.datasets import MEAN, STD, FashionMNIST, fashion_mnist_available, load_fashion_mnist
 from graphs.errors import UnknownNameError
 from graphs.vision import ExitCNN, ExitViT
-from policies.gating import (Cascade, CalibrationError, EntropyGate, GatingError, LearnedGate, MaxSoftmaxGate,
-                             OracleGate, PatienceGate, TrainConfig, available_gates, budget_for_ratio,
+from policies.gating import (Cascade, CalibrationError, CalibrationWarning, EntropyGate, GatingError, LearnedGate,
+                             MaxSoftmaxGate, OracleGate, PatienceGate, TrainConfig, available_gates, budget_for_ratio,
                              calibrate_cascade, calibrate_threshold, cascade_route, evaluate_exits,
                              exit_losses, gate_flops, load_or_train, make_gate, pool_hidden, run_gated,
                              softmax_stats, train_exit_model, upper_bound)
@@ -213,8 +213,9 @@ class TestCalibration:
         assert upper_bound(k, n, delta) > budget
 
     def test_no_safe_threshold_never_exits(self):
-        c = calibrate_threshold(torch.rand(100, generator=GEN), torch.ones(100, dtype=torch.long), 0.01)
-        assert c.threshold == math.inf and c.exit_rate == 0.0
+        with pytest.warns(CalibrationWarning, match="at least 230 samples are needed"):
+            c = calibrate_threshold(torch.rand(100, generator=GEN), torch.ones(100, dtype=torch.long), 0.01)
+        assert c.threshold == math.inf and c.exit_rate == 0.0 and "n=100" in c.note
 
     def test_cascade_loss_is_first_exit_loss(self):
         s1 = torch.tensor([0.9, 0.2, 0.2, 0.9])
