@@ -1,7 +1,8 @@
 """Gating policy: exit criteria (gates), the learned gate, threshold calibration, exit-model training.
 
 See :mod:`policies.gating.gates` (the gate interface, cascades, gated execution),
-:mod:`policies.gating.calibrate` (conservative threshold calibration) and
+:mod:`policies.gating.calibrate` (conservative threshold calibration; its bounds and exact tests in
+:mod:`policies.gating.bounds`, the window certificate in :mod:`policies.gating.window`) and
 :mod:`policies.gating.train` (BranchyNet joint or frozen-backbone training, cached) and
 :mod:`policies.gating.token_exit` (exit heads, gates and calibration for generated tokens).
 """

@@ -49,6 +49,9 @@ sequence stops at the first candidate that fails. Fixed-sequence testing control
 family-wise error, so ``P(risk of the chosen threshold > budget) <= delta`` on new data from
 the same distribution, whatever the shape of the risk curve.
 
+The bounds and exact tests are in :mod:`policies.gating.bounds`, the window certificate in
+:mod:`policies.gating.window`; this module holds the procedures and re-exports both.
+
 References:
     Angelopoulos, Bates, Candes, Jordan and Lei, "Learn then Test: Calibrating Predictive
     Algorithms to Achieve Risk Control", arXiv:2110.01052, 2021.
@@ -62,7 +65,6 @@ References:
 """
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from dataclasses import dataclass, replace
@@ -73,31 +75,18 @@ import torch
 
 from graphs.errors import UnknownNameError
 
-from ..errors import PolicyError
+from .bounds import (BOUNDS, RISKS, CalibrationError, _check_unit, lower_bound, net_p_value, net_union_bound,
+                     net_upper_bound, upper_bound)
+from .window import WINDOW_LEVELS, _check_window, window_budget, window_levels, window_test
 
 __all__ = ["CalibrationError", "CalibrationWarning", "Calibration", "BOUNDS", "RISKS", "upper_bound",
            "lower_bound", "net_p_value", "net_upper_bound", "net_union_bound", "budget_for_ratio", "exit_losses", "calibrate_threshold",
            "calibrate_cascade", "calibrate_exits", "cascade_route", "min_samples", "SEQUENCES",
            "window_test", "window_budget", "window_levels", "WINDOW_LEVELS"]
 
-# "clopper-pearson-union": Clopper-Pearson, the net risk by the union bound (the earlier method)
-BOUNDS = ("clopper-pearson", "clopper-pearson-union", "hoeffding")
 # calibrate_exits' candidate sequences: the greedy path of per-exit threshold vectors, and one
 # threshold shared by every exit (highest first)
 SEQUENCES = ("path", "shared")
-RISKS = ("harm", "disagreement", "net")
-
-
-class CalibrationError(PolicyError):
-    """Calibration was asked something impossible (budget or delta out of range, bad shapes),
-    or, with ``strict=True``, the budget cannot be certified with the data given.
-
-    Example:
-        >>> budget_for_ratio(0.9, 1.5)
-        Traceback (most recent call last):
-        ...
-        policies.gating.calibrate.CalibrationError: ratio must be in the open interval (0, 1); got 1.5
-    """
 
 
 class CalibrationWarning(UserWarning):
@@ -111,33 +100,6 @@ class CalibrationWarning(UserWarning):
         >>> w[0].category.__name__, c.certified
         ('CalibrationWarning', False)
     """
-
-
-def _check_unit(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-        raise CalibrationError(f"{name} must be in the open interval (0, 1); got {value!r}")
-
-
-def upper_bound(losses: int, n: int, delta: float, method: str = "clopper-pearson") -> float:
-    """A ``1 - delta`` upper confidence bound on a Bernoulli rate from ``losses`` out of ``n``.
-
-    Example:
-        >>> round(upper_bound(0, 100, 0.05), 4)  # the "rule of three": about 3/n
-        0.0295
-        >>> round(upper_bound(0, 100, 0.05, "hoeffding"), 4)
-        0.1224
-    """
-    _check_unit("delta", delta)
-    if method not in BOUNDS:
-        raise UnknownNameError("bound", method, BOUNDS)
-    if n <= 0:
-        raise CalibrationError(f"need at least one calibration sample; got n={n}")
-    if method == "hoeffding":
-        return min(1.0, losses / n + math.sqrt(math.log(1 / delta) / (2 * n)))
-    if losses >= n:
-        return 1.0
-    from scipy.stats import beta  # imported here: scipy.stats is slow to import
-    return float(beta.ppf(1 - delta, losses + 1, n - losses))
 
 
 def budget_for_ratio(full_accuracy: float, ratio: float) -> float:
@@ -214,304 +176,6 @@ class Calibration:
     def vector(self) -> tuple:
         """The thresholds to route with: per exit if calibrated per exit, else the shared one."""
         return self.thresholds or (self.threshold,)
-
-
-def lower_bound(count: int, n: int, delta: float, method: str = "clopper-pearson") -> float:
-    """A ``1 - delta`` lower confidence bound on a Bernoulli rate from ``count`` out of ``n``.
-
-    Example:
-        >>> lower_bound(0, 100, 0.05), round(lower_bound(50, 100, 0.05), 3)
-        (0.0, 0.414)
-    """
-    _check_unit("delta", delta)
-    if method not in BOUNDS:
-        raise UnknownNameError("bound", method, BOUNDS)
-    if n <= 0:
-        raise CalibrationError(f"need at least one calibration sample; got n={n}")
-    if method == "hoeffding":
-        return max(0.0, count / n - math.sqrt(math.log(1 / delta) / (2 * n)))
-    if count <= 0:
-        return 0.0
-    from scipy.stats import beta
-    return float(beta.ppf(delta, count, n - count + 1))
-
-
-def net_union_bound(harm: int, help_: int, n: int, delta: float, method: str = "clopper-pearson") -> float:
-    """A ``1 - delta`` upper bound on the net loss rate (harm minus help) from counts, by a
-    union bound: the harm's upper bound minus the help's lower bound, each at level
-    ``delta / 2``. Valid, but looser than :func:`net_upper_bound`.
-
-    Example:
-        >>> u = net_union_bound(10, 30, 1000, 0.1)
-        >>> -0.02 < u < 0.0  # 1 % harm, 3 % help: a certified gain
-        True
-    """
-    return upper_bound(harm, n, delta / 2, method) - lower_bound(help_, n, delta / 2, method)
-
-
-def _check_counts(harm: int, help_: int, n: int) -> None:
-    if n <= 0:
-        raise CalibrationError(f"need at least one calibration sample; got n={n}")
-    if harm < 0 or help_ < 0 or harm + help_ > n:
-        raise CalibrationError(f"harm {harm} and help {help_} must be counts >= 0 with harm + help <= n={n}")
-
-
-def _net_tail(t: int, n: int, alpha: float, psi: np.ndarray) -> np.ndarray:
-    """``P(harm - help <= t)`` out of ``n`` at each discordance ``psi`` (harm + help rate),
-    the net rate as low as the null allows: ``max(alpha, -psi)``."""
-    from scipy.special import bdtr, gammaln
-
-    psi = np.clip(psi, 1e-300, 1.0)[:, None]
-    theta = np.maximum(alpha, -psi)
-    r = np.clip((psi + theta) / (2 * psi), 0.0, 1.0)  # P(harm | discordant)
-    sd = np.sqrt(n * psi * (1 - psi))
-    lo = int(max(0, np.floor((n * psi - 12 * sd).min()) - 10))
-    hi = int(min(n, np.ceil((n * psi + 12 * sd).max()) + 10))
-    d = np.arange(lo, hi + 1)[None, :]  # discordant counts carrying all but ~1e-30 of the mass
-    with np.errstate(divide="ignore", invalid="ignore"):
-        logpmf = (gammaln(n + 1) - gammaln(d + 1) - gammaln(n - d + 1) + d * np.log(psi)
-                  + (n - d) * np.log1p(-np.minimum(psi, 1 - 1e-16)))
-    logpmf = np.where(psi >= 1.0, np.where(d == n, 0.0, -np.inf), logpmf)
-    k = np.floor((t + d) / 2)  # harm - help <= t  <=>  harm <= (t + d) / 2
-    cdf = np.where(k < 0, 0.0, np.where(k >= d, 1.0, bdtr(np.clip(k, 0, None).astype(np.int64), d, r)))
-    return (np.exp(logpmf) * cdf).sum(1)
-
-
-def net_p_value(harm: int, help_: int, n: int, budget: float, delta: float = 0.1, grid: int = 24) -> float:
-    """The exact unconditional p-value of "net loss rate > ``budget``" from ``harm`` and
-    ``help_`` out of ``n`` samples (small: evidence the net loss is within the budget).
-
-    The counts are one trinomial draw; the statistic is ``harm - help``. Its lower tail at
-    the null's boundary depends on the unknown discordance ``psi`` (the rate of harm or
-    help), so, after Berger and Boos, the tail is maximised over a ``1 - gamma``
-    Clopper-Pearson upper confidence set for ``psi`` (``gamma = delta / 100``) and
-    ``gamma`` is added: a valid p-value at every level. The maximum is taken over ``grid``
-    points of the set, its ends included (the tail grows with ``psi``, so it is reached at
-    the upper end; tests check this).
-
-    Example:
-        >>> round(net_p_value(60, 40, 5000, 0.0044), 3)  # net 0.4 %: not below 0.44 %
-        0.45
-        >>> net_p_value(20, 20, 5000, 0.0044) < 0.1
-        True
-    """
-    _check_counts(harm, help_, n)
-    _check_unit("delta", delta)
-    gamma = delta / 100
-    from scipy.stats import beta
-
-    d = harm + help_
-    psi_u = 1.0 if d >= n else float(beta.ppf(1 - gamma, d + 1, n - d))
-    lo = max(budget, 0.0)  # harm - help = budget needs a discordance of at least budget
-    if psi_u <= lo:  # the null is outside the confidence set: excluded with error <= gamma
-        return gamma
-    tail = _net_tail(harm - help_, n, float(budget), np.linspace(lo, psi_u, max(2, grid)))
-    return float(min(1.0, tail.max() + gamma))
-
-
-def net_upper_bound(harm: int, help_: int, n: int, delta: float, method: str = "clopper-pearson") -> float:
-    """A ``1 - delta`` upper bound on the net loss rate (harm minus help) from counts.
-
-    ``"clopper-pearson"``: the exact test's bound, the lowest rate at which
-    :func:`net_p_value` rejects (bisection to 1e-7); ``"clopper-pearson-union"``:
-    :func:`net_union_bound`; ``"hoeffding"``: for losses in [-1, 1]. Each holds with
-    probability at least ``1 - delta``.
-
-    Example:
-        >>> u = net_upper_bound(10, 30, 1000, 0.1)
-        >>> -0.02 < u < net_union_bound(10, 30, 1000, 0.1) < 0.0  # 1 % harm, 3 % help: a gain
-        True
-    """
-    _check_unit("delta", delta)
-    if method not in BOUNDS:
-        raise UnknownNameError("bound", method, BOUNDS)
-    _check_counts(harm, help_, n)
-    if method == "hoeffding":  # losses in [-1, 1]: range 2
-        return min(1.0, (harm - help_) / n + 2 * math.sqrt(math.log(1 / delta) / (2 * n)))
-    if method == "clopper-pearson-union":
-        return net_union_bound(harm, help_, n, delta)
-    lo, hi = -1.0, 1.0
-    while hi - lo > 1e-7:
-        mid = (lo + hi) / 2
-        if net_p_value(harm, help_, n, mid, delta) <= delta:
-            hi = mid
-        else:
-            lo = mid
-    return hi
-
-
-WINDOW_LEVELS = 16  # exceedance levels of a window certificate (see window_levels)
-
-
-@functools.lru_cache(maxsize=256)
-def window_levels(delta: float, n: int, window: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The levels ``u`` of a window certificate and the level ``rho`` each is tested at.
-
-    Over a window of new inputs the loss exceeds the budget with some probability ``g(t)``
-    for threshold ``t`` (the window's own sampling noise). A threshold passes when, for
-    every ``l``, "``g(t) > u[l]``" is rejected at level ``rho[l]``. Fixed-sequence testing
-    then gives ``P(window loss > budget) = E[g(returned t)] <= u[0] + sum_l (u[l+1] - u[l])
-    * rho[l]`` (``u[-1]`` followed by 1): the first threshold in the sequence with
-    ``g > u[l]`` passes with probability at most ``rho[l]``, and the returned one has
-    ``g > u[l]`` only if that one passed. ``u`` are ``WINDOW_LEVELS`` normal quantiles
-    evenly spaced from ``delta / 10`` to 0.75; ``rho[l] = Phi(-c - r z(u[l]))``, the shape
-    a normal model gives (``r = sqrt(n / window)``, the window's noise against the
-    calibration data's), with ``c`` set by bisection so that the bound is exactly at most
-    ``delta``. The bound itself is exact; only the allocation uses the normal shape. It
-    depends on ``delta``, ``n`` and ``window``, never on the data.
-
-    Example:
-        >>> u, rho = window_levels(0.1, 5000, 5000)
-        >>> len(u), u[0] + sum((b - a) * p for a, b, p in zip(u, u[1:] + (1.0,), rho)) <= 0.1
-        (16, True)
-    """
-    _check_unit("delta", delta)
-    _check_window(window)
-    if n <= 0:
-        raise CalibrationError(f"need at least one calibration sample; got n={n}")
-    from scipy.stats import norm
-
-    u = norm.cdf(np.linspace(norm.ppf(delta / 10), norm.ppf(0.75), WINDOW_LEVELS))
-    z, r, width = norm.ppf(u), math.sqrt(n / window), np.diff(np.append(u, 1.0))
-
-    def bound(c: float) -> float:
-        return float(u[0] + (width * norm.cdf(-c - r * z)).sum())
-
-    lo, hi = -50.0, 50.0
-    for _ in range(100):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if bound(mid) <= delta else (mid, hi)
-    rho = norm.cdf(-hi - r * z)
-    return tuple(float(v) for v in u), tuple(float(v) for v in rho)
-
-
-def _check_window(window, method: str = "clopper-pearson") -> None:
-    if window is None:
-        return
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise CalibrationError(f"window must be a positive whole number of inputs, or None for the "
-                               f"population risk; got {window!r}")
-    if method != "clopper-pearson":
-        raise CalibrationError(f"a window certificate is built on the exact tests; method must be "
-                               f"'clopper-pearson' with window={window}, got {method!r}")
-
-
-@functools.lru_cache(maxsize=1 << 14)
-def window_budget(window: int, budget: float, u: float) -> float:
-    """The highest 0/1 loss rate at which the loss counted over ``window`` new inputs exceeds
-    ``budget`` with probability at most ``u`` (binomial; bisection, rounded down).
-
-    Example:
-        >>> b = window_budget(5000, 0.005, 0.05)
-        >>> 0.003 < b < 0.005  # the window's own noise takes part of the budget
-        True
-    """
-    from scipy.special import bdtrc
-
-    t = math.floor(budget * window + 1e-9)
-    lo, hi = 0.0, 1.0
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if bdtrc(t, window, mid) <= u else (lo, mid)
-    return lo
-
-
-# discordances the net window boundary is computed at (geometric, 0.35 % apart), and its cache
-_PSI_GRID = np.geomspace(1e-6, 1.0, 4001)
-_WINDOW_MEANS: dict = {}
-
-
-def _window_means(psi: np.ndarray, window: int, budget: float, u: np.ndarray) -> np.ndarray:
-    """Net rates at or below the boundary ``mu_u(psi)`` of "the net loss over ``window``
-    inputs exceeds ``budget`` with probability more than ``u``" at discordance ``psi`` (so
-    the null there is ``mu > mu_u``): a normal guess, lowered until the exact tail is at
-    most ``u`` (every returned value is checked); ``inf`` where even all-harm stays within."""
-    from scipy.stats import norm
-
-    t = math.floor(budget * window + 1e-9)
-    within = 1.0 - u
-    out = np.full(psi.shape, np.inf)
-    some = _net_tail(t, window, psi[:, None], psi) < within  # all-harm can exceed: a null exists
-    if not some.any():
-        return out
-    p, w = psi[some], within[some]
-    step = np.sqrt(p / window)
-    mu = np.clip((t + 0.5) / window - norm.ppf(w) * step, -p, p)
-    ok = np.zeros(p.shape, dtype=bool)
-    for _ in range(200):
-        ok = _net_tail(t, window, mu[:, None], p) >= w
-        if ok.all():
-            break
-        mu = np.where(ok, mu, np.maximum(mu - 0.25 * step, -p))
-    mu = np.where(ok, mu, -p)  # all help never exceeds the budget
-    out[some] = mu
-    return out
-
-
-def window_test(harm: int, help_: int, n: int, budget: float, window: int, delta: float = 0.1,
-                kind: str = "net", grid: int = 8) -> bool:
-    """Whether ``harm`` and ``help_`` out of ``n`` calibration samples certify that the loss
-    counted over ``window`` new inputs (drawn independently from the same distribution)
-    exceeds ``budget`` with probability at most ``delta``.
-
-    Each level of :func:`window_levels` is a composite null, "``P(window loss > budget) >
-    u``": for the harm (or disagreement) rate, a rate above :func:`window_budget`, tested by
-    Clopper-Pearson; for the net loss, the net rates above the boundary ``mu_u(psi)`` at
-    each discordance ``psi``, tested as :func:`net_p_value` does (the tail of harm minus
-    help at the boundary maximised over ``grid`` points of a ``1 - rho/100``
-    Clopper-Pearson set for ``psi``, plus ``rho/100``).
-
-    Example:
-        >>> window_test(0, 0, 5000, 0.0044, window=5000)  # no loss at all
-        True
-        >>> net_p_value(30, 20, 5000, 0.0044) <= 0.1, window_test(30, 20, 5000, 0.0044, 5000)
-        (True, False)
-    """
-    _check_counts(harm, help_, n)
-    _check_unit("delta", delta)
-    _check_window(window)
-    if window is None:
-        raise CalibrationError("window_test needs a window; use net_p_value for the population risk")
-    if kind not in RISKS:
-        raise UnknownNameError("risk", kind, RISKS)
-    us, rhos = window_levels(float(delta), int(n), int(window))
-    if min(rhos) <= 0.0:  # a level tested at 0 can never be rejected
-        return False
-    if kind != "net":
-        return all(upper_bound(harm, n, rho) <= window_budget(window, float(budget), u) for u, rho in zip(us, rhos))
-    from scipy.stats import beta
-
-    d, g = harm + help_, max(2, grid)
-    pts, uu, rr = [], [], []
-    for u, rho in zip(us, rhos):
-        # the null at level u needs a discordance above the rate at which even all-harm windows
-        # exceed the budget with probability u (the tail grows with the net rate)
-        lo = window_budget(window, float(budget), u)
-        psi_u = 1.0 if d >= n else float(beta.ppf(1 - rho / 100, d + 1, n - d))
-        if psi_u > lo:  # else the null is outside the confidence set (excluded with error <= rho / 100)
-            pts.append(np.linspace(lo, psi_u, g))
-            uu.append(np.full(g, u))
-            rr.append(np.full(g, rho))
-    if not pts:
-        return True
-    P, U, R = np.concatenate(pts), np.concatenate(uu), np.concatenate(rr)
-    # each point rounded up to a fixed geometric grid: the maximum is then over a slightly wider
-    # set (still containing the confidence set), and the boundaries there are cached across calls
-    idx = np.minimum(np.searchsorted(_PSI_GRID, P), len(_PSI_GRID) - 1)
-    P = _PSI_GRID[idx]
-    keys = [(window, float(budget), float(u), int(i)) for u, i in zip(U, idx)]
-    miss = [j for j, key in enumerate(keys) if key not in _WINDOW_MEANS]
-    if miss:
-        if len(_WINDOW_MEANS) > 1 << 20:
-            _WINDOW_MEANS.clear()
-        fresh = _window_means(P[miss], window, float(budget), U[miss])
-        _WINDOW_MEANS.update((keys[j], float(v)) for j, v in zip(miss, fresh))
-    mu = np.array([_WINDOW_MEANS[key] for key in keys])
-    null = np.isfinite(mu)
-    if not null.any():
-        return True
-    tail = _net_tail(harm - help_, n, mu[null][:, None], P[null])
-    return bool((tail + R[null] / 100 <= R[null]).all())
 
 
 def min_samples(budget: float, delta: float, method: str = "clopper-pearson", kind: str = "harm",

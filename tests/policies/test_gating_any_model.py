@@ -17,8 +17,9 @@ from graphs.vision import ExitCNN
 from policies.gating import (Cascade, CalibrationError, CalibrationWarning, EntropyGate, LearnedGate,
                              MaxSoftmaxGate, PatienceGate, TrainConfig, attach_exits, calibrate_cascade,
                              calibrate_exits, cascade_route, exit_losses, fit_exits, pool_hidden, run_gated)
-from policies.gating.calibrate import (_net_tail, _window_means, calibrate_threshold, min_samples, net_p_value,
-                                      net_union_bound, net_upper_bound, window_budget, window_levels, window_test)
+from policies.gating.bounds import _net_tail, net_p_value, net_union_bound, net_upper_bound
+from policies.gating.calibrate import calibrate_threshold, min_samples
+from policies.gating.window import _window_means, window_budget, window_levels, window_test
 
 
 @pytest.fixture(autouse=True, scope="module")
