@@ -140,20 +140,25 @@ def net_loss(first: torch.Tensor, logits, y) -> float:
     return ((preds[-1] == y).double().mean() - (pred == y).double().mean()).item()
 
 
-def held_rates(method, s_val, vl, vy, s_test, tl, ty, rcost, rounds: int, delta: float,
-               learn=None, window: int | None = None, subsets: bool = True) -> tuple[float, float]:
-    """How often the accuracy budget holds: (a) recalibrating on random 80 % subsets of the
-    validation split and measuring on the whole test set (nan with ``subsets=False``); (b)
-    calibrating on a random half of the test set and measuring on the other half
-    (exchangeable by construction)."""
+def held_on_subsets(method, s_val, vl, vy, s_test, tl, ty, rcost, rounds: int, delta: float,
+                    learn=None) -> float:
+    """How often the accuracy budget holds recalibrating on random 80 % subsets of the
+    validation split and measuring on the whole test set."""
     g = torch.Generator().manual_seed(1)
-    nv, ok_a = vy.shape[0], 0
-    for _ in range(rounds if subsets else 0):
+    nv, ok = vy.shape[0], 0
+    for _ in range(rounds):
         idx = torch.randperm(nv, generator=g)[:int(0.8 * nv)]
         bud = budget_for_ratio((vl[-1][idx].argmax(1) == vy[idx]).double().mean().item(), RATIO)
         t = calibrate_with(method, [x[idx] for x in s_val], [o[idx] for o in vl], vy[idx], bud, rcost, delta,
-                           learn, window)
-        ok_a += int(net_loss(cascade_route(s_test, t), tl, ty) <= bud)
+                           learn)
+        ok += int(net_loss(cascade_route(s_test, t), tl, ty) <= bud)
+    return ok / rounds
+
+
+def held_on_halves(method, s_test, tl, ty, rcost, rounds: int, delta: float, learn=None,
+                   window: int | None = None) -> float:
+    """How often the accuracy budget holds calibrating on a random half of the test set and
+    measuring on the other half (exchangeable by construction)."""
     g = torch.Generator().manual_seed(2)
     n, ok_b = ty.shape[0], 0
     for _ in range(rounds):
@@ -163,7 +168,7 @@ def held_rates(method, s_val, vl, vy, s_test, tl, ty, rcost, rounds: int, delta:
         t = calibrate_with(method, [x[a] for x in s_test], [o[a] for o in tl], ty[a], bud, rcost, delta, learn,
                            window)
         ok_b += int(net_loss(cascade_route([x[b] for x in s_test], t), [o[b] for o in tl], ty[b]) <= bud)
-    return (ok_a / rounds if subsets else math.nan), ok_b / rounds
+    return ok_b / rounds
 
 
 def _held(rate: float, rounds: int) -> str:
@@ -399,13 +404,11 @@ def main() -> None:
                 for m in METHODS[1:]:
                     rr = evaluate(cascade_route(s_test, ths[m]), tf_, tl, ty, costs, gates, gfl)
                     other[m] = 1 - rr["flops"] / costs.full
-                a, b = held_rates("per-exit", s_val, vl, vy, s_test, tl, ty, rcost, args.boot, delta, learn)
-                held, held_x = f"{a:.0%}", _held(b, args.boot)
-                _, bt = held_rates("today", s_val, vl, vy, s_test, tl, ty, rcost, args.boot, delta)
-                held_today = _held(bt, args.boot)
-                _, bw = held_rates("per-exit-window", s_val, vl, vy, s_test, tl, ty, rcost, args.boot, delta, learn,
-                                   window, subsets=False)
-                held_w = _held(bw, args.boot)
+                held = held_on_subsets("per-exit", s_val, vl, vy, s_test, tl, ty, rcost, args.boot, delta, learn)
+                held = f"{held:.0%}"
+                held_x, held_today, held_w = (
+                    _held(held_on_halves(m, s_test, tl, ty, rcost, args.boot, delta, learn, window), args.boot)
+                    for m in ("per-exit", "today", "per-exit-window"))
             first = cascade_route(s_test, threshold)
             r = evaluate(first, tf_, tl, ty, costs, gates, gfl)
             gates.set_threshold(threshold)

@@ -127,6 +127,15 @@ def _net_tail(t: int, n: int, alpha: float, psi: np.ndarray) -> np.ndarray:
     return (np.exp(logpmf) * cdf).sum(1)
 
 
+def _discordance_upper(d: int, n: int, gamma: float) -> float:
+    """The ``1 - gamma`` Clopper-Pearson upper bound on the discordance from ``d`` of ``n``:
+    the nuisance set Berger and Boos's tests maximise over."""
+    if d >= n:
+        return 1.0
+    from scipy.stats import beta
+    return float(beta.ppf(1 - gamma, d + 1, n - d))
+
+
 def net_p_value(harm: int, help_: int, n: int, budget: float, delta: float = 0.1, grid: int = 24) -> float:
     """The exact unconditional p-value of "net loss rate > ``budget``" from ``harm`` and
     ``help_`` out of ``n`` samples (small: evidence the net loss is within the budget).
@@ -148,10 +157,7 @@ def net_p_value(harm: int, help_: int, n: int, budget: float, delta: float = 0.1
     _check_counts(harm, help_, n)
     _check_unit("delta", delta)
     gamma = delta / 100
-    from scipy.stats import beta
-
-    d = harm + help_
-    psi_u = 1.0 if d >= n else float(beta.ppf(1 - gamma, d + 1, n - d))
+    psi_u = _discordance_upper(harm + help_, n, gamma)
     lo = max(budget, 0.0)  # harm - help = budget needs a discordance of at least budget
     if psi_u <= lo:  # the null is outside the confidence set: excluded with error <= gamma
         return gamma

@@ -197,32 +197,23 @@ def min_samples(budget: float, delta: float, method: str = "clopper-pearson", ki
     if kind not in RISKS:
         raise UnknownNameError("risk", kind, RISKS)
     _check_window(window, method)
-    if window is not None:
-        def passes(n: int) -> bool:
-            return _passes(np.zeros(n, dtype=np.int64), n, budget, delta, method, kind, window)
-        lo, hi = 1, min_samples(budget, delta, method, kind)
-        while not passes(hi):  # zero losses pass from some n on: the test's margin shrinks with n
-            if hi > 10 ** 9:
-                raise CalibrationError(f"no calibration size up to 1e9 certifies budget {budget} over a window of "
-                                       f"{window} (delta {delta}); use a longer window or a larger budget")
-            lo, hi = hi, 2 * hi
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if passes(mid):
-                hi = mid
-            else:
-                lo = mid + 1
-        return hi
-    if method == "hoeffding":
-        return math.ceil(math.log(1 / delta) / ((0.5 if kind == "net" else 2) * budget ** 2))
-    if kind != "net" or method == "clopper-pearson-union":
-        return math.ceil(math.log(delta / (2 if kind == "net" else 1)) / math.log(1 - budget))
-    lo, hi = 1, math.ceil(math.log(delta) / math.log(1 - budget))
-    while net_p_value(0, 0, hi, budget, delta) > delta:  # the p-value falls as n grows
+    if window is None:
+        if method == "hoeffding":
+            return math.ceil(math.log(1 / delta) / ((0.5 if kind == "net" else 2) * budget ** 2))
+        if kind != "net" or method == "clopper-pearson-union":
+            return math.ceil(math.log(delta / (2 if kind == "net" else 1)) / math.log(1 - budget))
+    # the exact net test and the window test: search for the fewest samples whose zero losses
+    # pass (they pass from some n on: the test's margin shrinks as n grows), from a size that
+    # certifies harm alone (a lower bound on both)
+    lo, hi = 1, min_samples(budget, delta, method, "harm")
+    while not _passes(np.zeros(hi, dtype=np.int64), hi, budget, delta, method, kind, window):
+        if hi > 10 ** 9:
+            raise CalibrationError(f"no calibration size up to 1e9 certifies budget {budget} over a window of "
+                                   f"{window} (delta {delta}); use a longer window or a larger budget")
         lo, hi = hi, 2 * hi
     while lo < hi:
         mid = (lo + hi) // 2
-        if net_p_value(0, 0, mid, budget, delta) <= delta:
+        if _passes(np.zeros(mid, dtype=np.int64), mid, budget, delta, method, kind, window):
             hi = mid
         else:
             lo = mid + 1
@@ -237,8 +228,8 @@ def _bound(loss: np.ndarray, n: int, delta: float, method: str, kind: str) -> fl
 
 def _passes(loss: np.ndarray, n: int, budget: float, delta: float, method: str, kind: str,
             window: int | None = None) -> bool:
-    """Whether "risk > budget" (with ``window``: "risk over ``window`` new inputs > budget
-    with probability > delta_w") is rejected at level ``delta`` (cheaper than the bound)."""
+    """Whether "risk > budget" is rejected at level ``delta`` (cheaper than the bound); with
+    ``window``, whether :func:`window_test` certifies the loss over ``window`` new inputs."""
     if window is not None:
         return window_test(int((loss > 0).sum()), int((loss < 0).sum()), n, budget, window, delta, kind)
     if kind == "net" and method == "clopper-pearson":

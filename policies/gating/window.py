@@ -14,7 +14,7 @@ import numpy as np
 
 from graphs.errors import UnknownNameError
 
-from .bounds import RISKS, CalibrationError, _check_counts, _check_unit, _net_tail, upper_bound
+from .bounds import RISKS, CalibrationError, _check_counts, _check_unit, _discordance_upper, _net_tail, upper_bound
 
 __all__ = ["WINDOW_LEVELS", "window_levels", "window_budget", "window_test"]
 
@@ -75,6 +75,11 @@ def _check_window(window, method: str = "clopper-pearson") -> None:
                                f"'clopper-pearson' with window={window}, got {method!r}")
 
 
+def _allowed(window: int, budget: float) -> int:
+    """The most losses a window of ``window`` inputs may count within ``budget``."""
+    return math.floor(budget * window + 1e-9)
+
+
 @functools.lru_cache(maxsize=1 << 14)
 def window_budget(window: int, budget: float, u: float) -> float:
     """The highest 0/1 loss rate at which the loss counted over ``window`` new inputs exceeds
@@ -87,7 +92,7 @@ def window_budget(window: int, budget: float, u: float) -> float:
     """
     from scipy.special import bdtrc
 
-    t = math.floor(budget * window + 1e-9)
+    t = _allowed(window, budget)
     lo, hi = 0.0, 1.0
     for _ in range(60):
         mid = (lo + hi) / 2
@@ -107,7 +112,7 @@ def _window_means(psi: np.ndarray, window: int, budget: float, u: np.ndarray) ->
     most ``u`` (every returned value is checked); ``inf`` where even all-harm stays within."""
     from scipy.stats import norm
 
-    t = math.floor(budget * window + 1e-9)
+    t = _allowed(window, budget)
     within = 1.0 - u
     out = np.full(psi.shape, np.inf)
     some = _net_tail(t, window, psi[:, None], psi) < within  # all-harm can exceed: a null exists
@@ -125,6 +130,18 @@ def _window_means(psi: np.ndarray, window: int, budget: float, u: np.ndarray) ->
     mu = np.where(ok, mu, -p)  # all help never exceeds the budget
     out[some] = mu
     return out
+
+
+def _cached_window_means(idx: np.ndarray, u: np.ndarray, window: int, budget: float) -> np.ndarray:
+    """:func:`_window_means` at ``_PSI_GRID[idx]``, computed once per point and level."""
+    keys = [(window, budget, float(v), int(i)) for v, i in zip(u, idx)]
+    miss = [j for j, key in enumerate(keys) if key not in _WINDOW_MEANS]
+    if miss:
+        if len(_WINDOW_MEANS) > 1 << 20:
+            _WINDOW_MEANS.clear()
+        fresh = _window_means(_PSI_GRID[idx[miss]], window, budget, u[miss])
+        _WINDOW_MEANS.update((keys[j], float(v)) for j, v in zip(miss, fresh))
+    return np.array([_WINDOW_MEANS[key] for key in keys])
 
 
 def window_test(harm: int, help_: int, n: int, budget: float, window: int, delta: float = 0.1,
@@ -159,34 +176,25 @@ def window_test(harm: int, help_: int, n: int, budget: float, window: int, delta
         return False
     if kind != "net":
         return all(upper_bound(harm, n, rho) <= window_budget(window, float(budget), u) for u, rho in zip(us, rhos))
-    from scipy.stats import beta
-
     d, g = harm + help_, max(2, grid)
     pts, uu, rr = [], [], []
     for u, rho in zip(us, rhos):
         # the null at level u needs a discordance above the rate at which even all-harm windows
         # exceed the budget with probability u (the tail grows with the net rate)
         lo = window_budget(window, float(budget), u)
-        psi_u = 1.0 if d >= n else float(beta.ppf(1 - rho / 100, d + 1, n - d))
+        psi_u = _discordance_upper(d, n, rho / 100)
         if psi_u > lo:  # else the null is outside the confidence set (excluded with error <= rho / 100)
             pts.append(np.linspace(lo, psi_u, g))
             uu.append(np.full(g, u))
             rr.append(np.full(g, rho))
     if not pts:
         return True
-    P, U, R = np.concatenate(pts), np.concatenate(uu), np.concatenate(rr)
+    U, R = np.concatenate(uu), np.concatenate(rr)
     # each point rounded up to a fixed geometric grid: the maximum is then over a slightly wider
     # set (still containing the confidence set), and the boundaries there are cached across calls
-    idx = np.minimum(np.searchsorted(_PSI_GRID, P), len(_PSI_GRID) - 1)
+    idx = np.minimum(np.searchsorted(_PSI_GRID, np.concatenate(pts)), len(_PSI_GRID) - 1)
     P = _PSI_GRID[idx]
-    keys = [(window, float(budget), float(u), int(i)) for u, i in zip(U, idx)]
-    miss = [j for j, key in enumerate(keys) if key not in _WINDOW_MEANS]
-    if miss:
-        if len(_WINDOW_MEANS) > 1 << 20:
-            _WINDOW_MEANS.clear()
-        fresh = _window_means(P[miss], window, float(budget), U[miss])
-        _WINDOW_MEANS.update((keys[j], float(v)) for j, v in zip(miss, fresh))
-    mu = np.array([_WINDOW_MEANS[key] for key in keys])
+    mu = _cached_window_means(idx, U, window, float(budget))
     null = np.isfinite(mu)
     if not null.any():
         return True
