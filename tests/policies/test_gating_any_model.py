@@ -18,7 +18,7 @@ from policies.gating import (Cascade, CalibrationError, CalibrationWarning, Entr
                              MaxSoftmaxGate, PatienceGate, TrainConfig, attach_exits, calibrate_cascade,
                              calibrate_exits, cascade_route, exit_losses, fit_exits, pool_hidden, run_gated)
 from policies.gating.bounds import _net_tail, net_p_value, net_union_bound, net_upper_bound
-from policies.gating.calibrate import calibrate_threshold, min_samples
+from policies.gating.calibrate import _greedy_path, _net_margin, _passes_counts, calibrate_threshold, min_samples
 from policies.gating.window import _window_means, window_budget, window_levels, window_test
 
 
@@ -544,6 +544,49 @@ class TestWindowCertificate:
     def test_window_test_needs_a_window(self):
         with pytest.raises(CalibrationError, match="use net_p_value for the population risk"):
             window_test(0, 0, 100, 0.05, None)
+
+
+class TestNoiseAwarePath:
+    """The per-exit path ranks steps by the risk the test will see: the mean net loss plus
+    the margin the test demands at the vector's discordance (``_net_margin``)."""
+
+    @pytest.mark.parametrize("window", [None, 1000])
+    def test_margin_is_the_tests_own_boundary(self, window):
+        """At each discordance it was measured at, the margin puts the net rate exactly on
+        the test's boundary: that harm count passes, one more harm (one fewer help) fails."""
+        hits = 0
+        n, budget, delta = 2000, 0.01, 0.1
+        margin = _net_margin(n, budget, delta, "clopper-pearson", window)
+        for d in (10, 20, 40, 80, 160, 320):
+            rate = budget - float(margin(np.array(d / n)))
+            h = (rate * n + d) / 2
+            assert abs(h - round(h)) < 1e-6, (d, h)
+            h = round(h)
+            assert _passes_counts(h, d - h, n, budget, delta, "clopper-pearson", "net", window)
+            hits += h < d
+            if h < d:  # (at h == d even an all-harm count passes: the margin is what is left of the budget)
+                assert not _passes_counts(h + 1, d - h - 1, n, budget, delta, "clopper-pearson", "net", window)
+        assert hits >= 4  # most points are on a boundary inside the range
+        psi = np.array([0.005, 0.02, 0.08])
+        population = _net_margin(n, budget, delta, "clopper-pearson")
+        if window is not None:  # the window's own noise needs more margin
+            assert (margin(psi) > population(psi)).all()
+        assert np.all(np.diff(margin(psi)) > 0)  # more discordance, more margin
+
+    def test_path_prefers_a_clean_step_to_a_noisy_one_of_zero_mean(self):
+        """Exit 0's first step lets half the samples out with 10 % harms and 10 % helps (net
+        loss 0); exit 1's lets half out with 1 % harms. The plain path takes the zero-mean
+        step first; with the test's margin, the noisy step is the riskier one."""
+        n = 1000
+        S = np.zeros((2, n))
+        S[0, :500] = S[1, :500] = 1.0  # the first 500 pass either exit's first step
+        L = np.zeros((3, n), dtype=np.int64)
+        L[0, :50], L[0, 50:100] = 1, -1  # exit 0 on the first 500: 10 % harm, 10 % help
+        L[1, :5] = 1  # exit 1 on the first 500: 1 % harm
+        C = np.array([1.0, 2.0, 4.0])
+        plain = _greedy_path(S, L, C, grid=2)
+        noisy = _greedy_path(S, L, C, grid=2, margin=_net_margin(n, 0.02, 0.1, "clopper-pearson", 1000))
+        assert plain[0] == (1.0, math.inf) and noisy[0] == (math.inf, 1.0)
 
 
 def calibrate_threshold_(s, losses):
