@@ -323,8 +323,6 @@ def test_calibrated_recovers_a_power_law():
 
 def test_roofline_on_captured_coarse_graphs():
     """Coarsening keeps the launch count; the vectorised matrix equals the per-node loop."""
-    import torch
-
     from executors.profiles import cluster
     from graphs.capture import capture
     from graphs.models import example_inputs, pangu_embedded
