@@ -18,7 +18,7 @@ from policies.gating import (Cascade, CalibrationError, CalibrationWarning, Entr
                              MaxSoftmaxGate, PatienceGate, TrainConfig, attach_exits, calibrate_cascade,
                              calibrate_exits, cascade_route, exit_losses, fit_exits, pool_hidden, run_gated)
 from policies.gating.bounds import _net_tail, net_p_value, net_union_bound, net_upper_bound
-from policies.gating.calibrate import _greedy_path, _net_margin, _passes_counts, calibrate_threshold, min_samples
+from policies.gating.calibrate import _greedy_path, _net_margin, _passes, calibrate_threshold, min_samples
 from policies.gating.window import _window_means, window_budget, window_levels, window_test
 
 
@@ -562,10 +562,10 @@ class TestNoiseAwarePath:
             h = (rate * n + d) / 2
             assert abs(h - round(h)) < 1e-6, (d, h)
             h = round(h)
-            assert _passes_counts(h, d - h, n, budget, delta, "clopper-pearson", "net", window)
+            assert _passes(h, d - h, n, budget, delta, "clopper-pearson", "net", window)
             hits += h < d
             if h < d:  # (at h == d even an all-harm count passes: the margin is what is left of the budget)
-                assert not _passes_counts(h + 1, d - h - 1, n, budget, delta, "clopper-pearson", "net", window)
+                assert not _passes(h + 1, d - h - 1, n, budget, delta, "clopper-pearson", "net", window)
         assert hits >= 4  # most points are on a boundary inside the range
         psi = np.array([0.005, 0.02, 0.08])
         population = _net_margin(n, budget, delta, "clopper-pearson")
