@@ -156,10 +156,10 @@ def held_on_subsets(method, s_val, vl, vy, s_test, tl, ty, rcost, rounds: int, d
 
 
 def held_on_halves(method, s_test, tl, ty, rcost, rounds: int, delta: float, learn=None,
-                   window: int | None = None, full: float | None = None) -> tuple[float, list[float]]:
+                   window: int | None = None, *, full: float) -> tuple[float, list[float]]:
     """How often the accuracy budget holds calibrating on a random half of the test set and
     measuring on the other half (exchangeable by construction), and the compute each
-    calibration saves on its measuring half (against ``full`` FLOPs per input; empty without)."""
+    calibration saves on its measuring half (against ``full`` FLOPs per input)."""
     g = torch.Generator().manual_seed(2)
     n, ok_b, saved = ty.shape[0], 0, []
     cost = torch.tensor(rcost, dtype=torch.float64)
@@ -171,8 +171,7 @@ def held_on_halves(method, s_test, tl, ty, rcost, rounds: int, delta: float, lea
                            window)
         first = cascade_route([x[b] for x in s_test], t)
         ok_b += int(net_loss(first, [o[b] for o in tl], ty[b]) <= bud)
-        if full is not None:
-            saved.append(1 - cost[first].mean().item() / full)
+        saved.append(1 - cost[first].mean().item() / full)
     return ok_b / rounds, saved
 
 
@@ -421,7 +420,7 @@ def main() -> None:
                 held = held_on_subsets("per-exit", s_val, vl, vy, s_test, tl, ty, rcost, args.boot, delta, learn)
                 held = f"{held:.0%}"
                 (hx, sx), (ht, _), (hw, sw) = (
-                    held_on_halves(m, s_test, tl, ty, rcost, args.boot, delta, learn, window, costs.full)
+                    held_on_halves(m, s_test, tl, ty, rcost, args.boot, delta, learn, window, full=costs.full)
                     for m in ("per-exit", "today", "per-exit-window"))
                 held_x, held_today, held_w = (_held(h, args.boot) for h in (hx, ht, hw))
                 halves_x, halves_w = _mean_saved(sx), _mean_saved(sw)
@@ -532,9 +531,9 @@ def main() -> None:
         "certifies. Compute saved on the measuring halves: what each of those test-half calibrations "
         "saves on its own measuring half, the mean over the splits +- its standard error. It is the "
         "procedure's expected saving calibrating on half the test set (5000 samples for the images). "
-        "The compute-saved columns on the left "
-        "are one calibration each, on the validation split; how much one calibration's saving varies "
-        "from split to split is the standard deviation (sd) given with the mean. "
+        "The compute-saved columns on the left are one calibration each, on the validation split; how "
+        "much one calibration's saving varies from split to split is the standard deviation (sd) given "
+        "with the mean. "
         "The hindsight column picks one shared threshold on the test set itself (not a valid method; the "
         "target is to come within 3 points of it). Route mismatches: inputs whose exit in batched "
         "`run_gated` differs from the offline routing (must be 0; for the text model the batch is padded, "
