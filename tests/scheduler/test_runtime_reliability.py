@@ -174,6 +174,22 @@ def test_actor_killed_mid_stream_every_request_completes_once(rt, tiny):
     torch.testing.assert_close(rt.run(*x, timeout=60), _ref(model, *x))
 
 
+def _wait_dead(actor, within: float = 30.0) -> None:
+    """Until calls to ``actor`` fail with a RayActorError (the kill has taken effect)."""
+    import time
+
+    import ray
+
+    end = time.monotonic() + within
+    while True:
+        try:
+            ray.get(actor.ping.remote(), timeout=within)
+        except ray.exceptions.RayActorError:
+            return
+        assert time.monotonic() < end, f"the actor still answers {within:g} s after ray.kill"
+        time.sleep(0.01)
+
+
 @pytest.mark.ray
 def test_actor_that_cannot_restart_fails_requests_clearly(ray_session, tiny):
     import ray
@@ -182,7 +198,9 @@ def test_actor_that_cannot_restart_fails_requests_clearly(ray_session, tiny):
     with Runtime(model, x, devices=["sim:edge-cpu-a76"], policy="single", max_restarts=0,
                  recovery_timeout=2.0) as r:
         torch.testing.assert_close(r.run(*x, timeout=60), _ref(model, *x))
-        ray.kill(r._actors["sim:edge-cpu-a76"], no_restart=True)
+        actor = r._actors["sim:edge-cpu-a76"]
+        ray.kill(actor, no_restart=True)
+        _wait_dead(actor)  # ray.kill is asynchronous: a call sent at once may still be served
         f = r.submit(*x)
         with pytest.raises(RequestFailed, match="recovery after .* failed"):
             f.result(timeout=60)
